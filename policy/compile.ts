@@ -1,0 +1,146 @@
+// A validated AccessPolicy compiled once into what the request path needs: a rule matcher, a role
+// mapper, issuer lookup, and the header sets. Nothing here runs per request except the closures.
+
+import { compileRoleMappings, type RoleMapper } from "./roles.ts";
+import { compileRules, type RuleMatch } from "./rule-matcher.ts";
+import type { AccessPolicyDocument, AccessPolicySpec, Issuer, RateLimit, Rule } from "./schema.ts";
+import { canonicalHeaderName } from "./semantics.ts";
+
+export type RuleAction =
+  | { kind: "public" }
+  | { kind: "deny" }
+  | { kind: "anyRole"; roles: readonly string[] }
+  | { kind: "allRoles"; roles: readonly string[] };
+
+export interface CompiledRule {
+  name: string;
+  paths: readonly string[];
+  methods?: readonly string[];
+  action: RuleAction;
+  rateLimits: readonly RateLimit[];
+}
+
+export interface IdentityHeaderNames {
+  subject: string;
+  roles: string;
+  scopes: string;
+  clientId: string;
+  issuer: string;
+  /** [claim name or dotted path, header name] */
+  claims: readonly (readonly [string, string])[];
+  assertion?: { header: string; ttlSeconds: number };
+  forwardAuthorization: boolean;
+}
+
+export interface CompiledPolicy {
+  name: string;
+  spec: AccessPolicySpec;
+  matchRule(method: string, path: string): RuleMatch<CompiledRule> | undefined;
+  defaultAction: "Deny" | "AllowAuthenticated";
+  /** By exact `iss`. */
+  issuers: ReadonlyMap<string, Issuer>;
+  rolesFor: RoleMapper;
+  identityHeaders: IdentityHeaderNames;
+  /**
+   * Canonical names (lower case, `_` and `.` as `-`, see canonicalHeaderName) of every inbound header
+   * removed before forwarding: the identity headers, the configured extra ones, the proxy's internal ones.
+   */
+  strippedHeaders: ReadonlySet<string>;
+  /** Lower-case inbound headers that may carry a request id, in order of preference. */
+  requestIdHeaders: readonly string[];
+  upstreamTimeoutMs: number;
+}
+
+/** Headers only the proxy itself may set; a client-sent copy is always dropped. */
+export const INTERNAL_HEADERS = ["x-portcullis-rule", "x-portcullis-decision"] as const;
+
+export function ruleAction(rule: Rule): RuleAction {
+  if (rule.public === true) return { kind: "public" };
+  if (rule.deny === true) return { kind: "deny" };
+  if (rule.anyRole !== undefined) return { kind: "anyRole", roles: rule.anyRole };
+  if (rule.allRoles !== undefined) return { kind: "allRoles", roles: rule.allRoles };
+  // Validation guarantees exactly one; deny is the safe reading of anything else.
+  return { kind: "deny" };
+}
+
+/** Compiles a policy that passed validatePolicy*(); throws only on programming errors. */
+export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
+  const { spec } = document;
+  const limitsByRule = new Map<string, RateLimit[]>();
+  for (const limit of spec.rateLimits) {
+    for (const rule of limit.rules) limitsByRule.set(rule, [...(limitsByRule.get(rule) ?? []), limit]);
+  }
+  const rules: CompiledRule[] = spec.authorization.rules.map((rule) => ({
+    name: rule.name,
+    paths: rule.paths,
+    ...(rule.methods ? { methods: rule.methods } : {}),
+    action: ruleAction(rule),
+    rateLimits: limitsByRule.get(rule.name) ?? [],
+  }));
+  const matcher = compileRules(rules);
+  const h = spec.identityHeaders;
+  const identityHeaders: IdentityHeaderNames = {
+    subject: h.subject,
+    roles: h.roles,
+    scopes: h.scopes,
+    clientId: h.clientId,
+    issuer: h.issuer,
+    claims: Object.entries(h.claims ?? {}),
+    ...(h.assertion ? { assertion: h.assertion } : {}),
+    forwardAuthorization: h.forwardAuthorization,
+  };
+  const stripped = [
+    h.subject,
+    h.roles,
+    h.scopes,
+    h.clientId,
+    h.issuer,
+    ...Object.values(h.claims ?? {}),
+    ...(h.assertion ? [h.assertion.header] : []),
+    ...(h.remove ?? []),
+    ...INTERNAL_HEADERS,
+  ].map(canonicalHeaderName);
+  return {
+    name: document.metadata?.name ?? "policy",
+    spec,
+    matchRule: (method, path) => matcher.match(method, path),
+    defaultAction: spec.authorization.defaultAction,
+    issuers: new Map(spec.authentication.issuers.map((i) => [i.issuer, i])),
+    rolesFor: compileRoleMappings(spec.authorization.roleMappings),
+    identityHeaders,
+    strippedHeaders: new Set(stripped),
+    requestIdHeaders: spec.listener.requestIdHeaders.map((n) => n.toLowerCase()),
+    upstreamTimeoutMs: spec.upstream.timeoutSeconds * 1000,
+  };
+}
+
+export type Authorization =
+  | { allow: true; reason: "public" | "roles" | "authenticated" }
+  | { allow: false; reason: "deny-rule" | "missing-roles" | "no-rule" };
+
+/** The decision for an authenticated caller with `roles` (public rules never reach here). */
+export function authorize(
+  rule: CompiledRule | undefined,
+  defaultAction: CompiledPolicy["defaultAction"],
+  roles: readonly string[],
+): Authorization {
+  if (!rule)
+    return defaultAction === "AllowAuthenticated"
+      ? { allow: true, reason: "authenticated" }
+      : { allow: false, reason: "no-rule" };
+  const { action } = rule;
+  switch (action.kind) {
+    case "public":
+      return { allow: true, reason: "public" };
+    case "deny":
+      return { allow: false, reason: "deny-rule" };
+    case "anyRole":
+      return action.roles.some((r) => roles.includes(r))
+        ? { allow: true, reason: "roles" }
+        : { allow: false, reason: "missing-roles" };
+    case "allRoles":
+      return action.roles.every((r) => roles.includes(r))
+        ? { allow: true, reason: "roles" }
+        : { allow: false, reason: "missing-roles" };
+  }
+}

@@ -72,6 +72,10 @@ function messageFor(e: ValueError): string {
         return `must be an integer or a string (got ${describe(e.value)})`;
       return `invalid value ${describe(e.value)}`;
     }
+    case ValueErrorType.ArrayMinItems:
+      return `must have at least ${schema.minItems} item${schema.minItems === 1 ? "" : "s"}`;
+    case ValueErrorType.ArrayMaxItems:
+      return `must have at most ${schema.maxItems} items (got ${(e.value as unknown[]).length})`;
     case ValueErrorType.Literal:
       return `must be ${JSON.stringify(schema.const)} (got ${describe(e.value)})`;
     case ValueErrorType.StringPattern:

@@ -1,0 +1,71 @@
+// The admin listener, on its own port so probes and scrapes never share the public listener's
+// policy: /healthz (the process serves), /readyz (policy loaded, keys warm, not draining),
+// /metrics (Prometheus text), and the identity assertion's public keys when configured.
+
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { ProxyMetrics } from "./metrics.ts";
+
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
+export interface AdminOptions {
+  ready: () => Readiness;
+  metrics: ProxyMetrics;
+  /** The JWKS the app uses to check the sidecar's identity assertion; served at ASSERTION_KEYS_PATH. */
+  publicKeys?: () => { keys: readonly object[] };
+}
+
+export const ASSERTION_KEYS_PATH = "/.well-known/jwks.json";
+
+export function createAdminServer(options: AdminOptions): Server {
+  const routes = new Map<string, (res: ServerResponse) => void | Promise<void>>([
+    ["/healthz", (res) => sendJson(res, 200, { status: "ok" })],
+    [
+      "/readyz",
+      (res) => {
+        const readiness = options.ready();
+        if (readiness.ready) sendJson(res, 200, { status: "ready" });
+        else sendJson(res, 503, { status: "not ready", reason: readiness.reason });
+      },
+    ],
+    [
+      "/metrics",
+      async (res) => {
+        const text = await options.metrics.register.metrics();
+        send(res, 200, options.metrics.register.contentType, text);
+      },
+    ],
+  ]);
+  const { publicKeys } = options;
+  if (publicKeys) routes.set(ASSERTION_KEYS_PATH, (res) => sendJson(res, 200, publicKeys()));
+
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    // Probes and scrapers send no query worth reading; the path alone picks the route.
+    const path = (req.url ?? "").split("?", 1)[0] ?? "";
+    const route = routes.get(path);
+    if (!route) return sendJson(res, 404, { status: "not found" });
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.setHeader("allow", "GET, HEAD");
+      return sendJson(res, 405, { status: "method not allowed" });
+    }
+    Promise.resolve()
+      .then(() => route(res))
+      .catch(() => {
+        if (!res.headersSent) sendJson(res, 500, { status: "error" });
+        else res.destroy();
+      });
+  });
+  return server;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  send(res, status, "application/json", JSON.stringify(body));
+}
+
+function send(res: ServerResponse, status: number, contentType: string, body: string): void {
+  res.writeHead(status, {
+    "content-type": contentType,
+    "content-length": Buffer.byteLength(body),
+    "cache-control": "no-store",
+  });
+  res.end(res.req.method === "HEAD" ? undefined : body);
+}

@@ -51,7 +51,8 @@ async function create(
     })) as Served;
     return { ok: true, object };
   } catch (e) {
-    if (e instanceof ApiException && (e.code === 422 || e.code === 400)) return { ok: false, message: String(e.body) };
+    if (e instanceof ApiException && (e.code === 422 || e.code === 400))
+      return { ok: false, message: String(e.body) };
     throw e;
   }
 }

@@ -1,16 +1,18 @@
 """Asks the real Starlette Router which route a decoded path reaches.
 
-stdin: {"templates": ["/a", "/b/{x:int}", ...], "paths": ["/a", "/a/", ...]}
-stdout: one JSON object per path, in order:
-  {"status": 200, "index": i, "params": {...}}   route i served it
+stdin: {"templates": ["/a", "/b/{x:int}", ...], "paths": ["/a", "/a/", ...], "unquote": ["/%61", ...]}
+stdout: {"routes": [...], "unquoted": [...]}, where routes holds one object per path, in order:
+  {"status": 200, "index": i, "params": {...}}   route i served it; params as its regex captured them
   {"status": 307, "location": "...", "index": j}  redirect_slashes; route j serves the redirected path
   {"status": 404}
+and unquoted holds urllib.parse.unquote of each raw path, as uvicorn computes scope["path"].
 Route i's endpoint answers with its own index, so the answer comes from Starlette's own dispatch.
 """
 
 import asyncio
 import json
 import sys
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,7 +21,8 @@ from starlette.routing import Route, Router
 
 def endpoint_for(index):
     async def endpoint(request: Request):
-        params = {k: str(v) for k, v in request.path_params.items()}
+        # The raw captures (path_params holds converted values: int("007") is 7).
+        params = request.scope["route"].path_regex.match(request.scope["path"]).groupdict()
         return JSONResponse({"index": index, "params": params})
 
     return endpoint
@@ -62,10 +65,10 @@ def redirected_path(path):
 
 async def main():
     request = json.load(sys.stdin)
-    routes = [Route(t, endpoint_for(i)) for i, t in enumerate(request["templates"])]
+    routes = [Route(t, endpoint_for(i)) for i, t in enumerate(request.get("templates", []))]
     router = Router(routes=routes, redirect_slashes=True)
     results = []
-    for path in request["paths"]:
+    for path in request.get("paths", []):
         status, headers, body = await call(router, path)
         if status == 200:
             results.append({"status": 200, **json.loads(body)})
@@ -75,7 +78,8 @@ async def main():
             results.append({"status": 307, "location": headers["location"], "index": index})
         else:
             results.append({"status": status})
-    json.dump(results, sys.stdout)
+    unquoted = [unquote(raw) for raw in request.get("unquote", [])]
+    json.dump({"routes": results, "unquoted": unquoted}, sys.stdout)
 
 
 asyncio.run(main())

@@ -1,0 +1,118 @@
+// Rate limits: token buckets per (limit, key). `store: local` keeps buckets in this sidecar;
+// `store: redis` shares them across replicas with GCRA in one Lua script (one round trip, Redis's
+// clock, so sidecars' clocks don't matter). When Redis is unreachable the limit falls back to this
+// sidecar's local bucket: degraded to per-replica limits, never to no limit and never to an outage
+// (Kong's fault_tolerant behaviour, without giving up the limit entirely).
+
+import type { RateLimit } from "../policy/schema.ts";
+
+export interface RateLimitSubject {
+  subject?: string;
+  clientId?: string;
+  ip: string;
+  header(name: string): string | undefined;
+}
+
+export type RateLimitVerdict =
+  | { allowed: true }
+  | { allowed: false; limit: string; retryAfterSeconds: number };
+
+export interface SharedBucketStore {
+  /** Takes one token from the shared bucket; resolves the wait in ms (0 when allowed). Rejects when unreachable. */
+  take(key: string, intervalMs: number, burst: number): Promise<number>;
+}
+
+export interface RateLimiterOptions {
+  shared?: SharedBucketStore;
+  now?: () => number;
+  maxBuckets?: number;
+  onFallback?: (limit: string, error: unknown) => void;
+}
+
+/** The bucket key for a request; requests lacking the key value share the "-" bucket. */
+export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
+  const { key } = limit;
+  let value: string | undefined;
+  if (key === "subject") value = who.subject;
+  else if (key === "clientId") value = who.clientId;
+  else if (key === "ip") value = who.ip;
+  else value = who.header(key.slice("header:".length));
+  return `${limit.name}\u0000${value ?? "-"}`;
+}
+
+interface Bucket {
+  tokens: number;
+  updatedMs: number;
+}
+
+export class RateLimiter {
+  readonly #buckets = new Map<string, Bucket>();
+  readonly #shared: SharedBucketStore | undefined;
+  readonly #now: () => number;
+  readonly #maxBuckets: number;
+  readonly #onFallback: RateLimiterOptions["onFallback"];
+
+  constructor(options: RateLimiterOptions = {}) {
+    this.#shared = options.shared;
+    this.#now = options.now ?? Date.now;
+    this.#maxBuckets = options.maxBuckets ?? 100_000;
+    this.#onFallback = options.onFallback;
+  }
+
+  /** Checks every limit of a rule; the first exhausted one denies. */
+  async check(limits: readonly RateLimit[], who: RateLimitSubject): Promise<RateLimitVerdict> {
+    for (const limit of limits) {
+      const key = bucketKey(limit, who);
+      const waitMs =
+        limit.store === "redis" && this.#shared
+          ? await this.#takeShared(limit, key)
+          : this.#takeLocal(limit, key);
+      if (waitMs > 0)
+        return {
+          allowed: false,
+          limit: limit.name,
+          retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
+        };
+    }
+    return { allowed: true };
+  }
+
+  async #takeShared(limit: RateLimit, key: string): Promise<number> {
+    try {
+      return await this.#shared!.take(
+        key,
+        1000 / limit.requestsPerSecond,
+        limit.burst ?? limit.requestsPerSecond,
+      );
+    } catch (error) {
+      this.#onFallback?.(limit.name, error);
+      return this.#takeLocal(limit, key);
+    }
+  }
+
+  /** Returns 0 when a token was taken, else the ms until one is available. */
+  #takeLocal(limit: RateLimit, key: string): number {
+    const now = this.#now();
+    const burst = limit.burst ?? limit.requestsPerSecond;
+    let bucket = this.#buckets.get(key);
+    if (bucket === undefined) {
+      // Bounded memory: the oldest bucket goes first. A bucket idle for burst/rate seconds is full
+      // anyway, so under normal load eviction forgets nothing.
+      if (this.#buckets.size >= this.#maxBuckets)
+        this.#buckets.delete(this.#buckets.keys().next().value as string);
+      bucket = { tokens: burst, updatedMs: now };
+      this.#buckets.set(key, bucket);
+    } else {
+      bucket.tokens = Math.min(
+        burst,
+        bucket.tokens + ((now - bucket.updatedMs) / 1000) * limit.requestsPerSecond,
+      );
+      bucket.updatedMs = now;
+    }
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return 0;
+    }
+    return ((1 - bucket.tokens) / limit.requestsPerSecond) * 1000;
+  }
+}

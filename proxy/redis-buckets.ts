@@ -1,0 +1,61 @@
+// The shared bucket store on Redis: GCRA (generic cell rate algorithm) in a Lua script, so one
+// round trip decides and the "theoretical arrival time" is the only state (one key per bucket,
+// expiring when the bucket would be full again).
+
+import { createClient } from "redis";
+import type { SharedBucketStore } from "./rate-limit.ts";
+
+const GCRA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - (burst - 1) * interval
+if now < allow_at then return math.ceil(allow_at - now) end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+return 0
+`;
+
+export interface RedisBucketStore extends SharedBucketStore {
+  close(): Promise<void>;
+}
+
+export async function connectRedisBuckets(
+  url: string,
+  options: { prefix?: string; timeoutMs?: number } = {},
+): Promise<RedisBucketStore> {
+  const prefix = options.prefix ?? "portcullis:rl:";
+  const timeoutMs = options.timeoutMs ?? 250;
+  const client = createClient({
+    url,
+    // Fail fast instead of queueing while disconnected: the limiter falls back to local buckets.
+    disableOfflineQueue: true,
+    socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 2000) },
+  });
+  // Without a listener, node-redis rethrows connection errors as uncaught exceptions.
+  client.on("error", () => {});
+  await client.connect().catch(() => {});
+  return {
+    async take(key, intervalMs, burst) {
+      const result = await withTimeout(
+        client.eval(GCRA, { keys: [prefix + key], arguments: [String(intervalMs), String(burst)] }),
+        timeoutMs,
+      );
+      return Number(result);
+    },
+    async close() {
+      if (client.isOpen) await client.close();
+    },
+  };
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`redis did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

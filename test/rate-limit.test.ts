@@ -1,0 +1,112 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { RateLimit } from "../policy/schema.ts";
+import { bucketKey, RateLimiter, type RateLimitSubject } from "../proxy/rate-limit.ts";
+import { connectRedisBuckets, type RedisBucketStore } from "../proxy/redis-buckets.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
+
+const limit = (overrides: Partial<RateLimit> = {}): RateLimit => ({
+  name: "writes",
+  rules: ["write-orders"],
+  key: "clientId",
+  requestsPerSecond: 2,
+  burst: 4,
+  store: "local",
+  ...overrides,
+});
+
+const who = (clientId: string, headers: Record<string, string> = {}): RateLimitSubject => ({
+  clientId,
+  subject: `user-${clientId}`,
+  ip: "10.0.0.1",
+  header: (name) => headers[name.toLowerCase()],
+});
+
+async function allowedOf(limiter: RateLimiter, limits: RateLimit[], subject: RateLimitSubject, n: number) {
+  let allowed = 0;
+  for (let i = 0; i < n; i++) if ((await limiter.check(limits, subject)).allowed) allowed++;
+  return allowed;
+}
+
+describe("local token buckets (pure, with a controlled clock)", () => {
+  it("allows the burst, then refills at the rate, per key", async () => {
+    let now = 1_000_000;
+    const limiter = new RateLimiter({ now: () => now });
+    const limits = [limit()];
+    expect(await allowedOf(limiter, limits, who("a"), 10)).toBe(4);
+    const denied = await limiter.check(limits, who("a"));
+    expect(denied).toEqual({ allowed: false, limit: "writes", retryAfterSeconds: 1 });
+    expect(await allowedOf(limiter, limits, who("b"), 10)).toBe(4);
+    now += 1000; // two tokens at 2/s
+    expect(await allowedOf(limiter, limits, who("a"), 10)).toBe(2);
+    now += 60_000; // never above the burst
+    expect(await allowedOf(limiter, limits, who("a"), 10)).toBe(4);
+  });
+
+  it("keys by subject, client, ip or a header; a missing value shares one bucket", () => {
+    const subject = who("c1", { "x-tenant": "t1" });
+    expect(bucketKey(limit({ key: "clientId" }), subject)).toBe("writes\u0000c1");
+    expect(bucketKey(limit({ key: "subject" }), subject)).toBe("writes\u0000user-c1");
+    expect(bucketKey(limit({ key: "ip" }), subject)).toBe("writes\u000010.0.0.1");
+    expect(bucketKey(limit({ key: "header:X-Tenant" }), subject)).toBe("writes\u0000t1");
+    expect(bucketKey(limit({ key: "header:X-Other" }), subject)).toBe("writes\u0000-");
+  });
+
+  it("keeps memory bounded", async () => {
+    const limiter = new RateLimiter({ maxBuckets: 100 });
+    for (let i = 0; i < 1000; i++) await limiter.check([limit()], who(`client-${i}`));
+    // The most recent client still has its own, partly used bucket.
+    expect(await allowedOf(limiter, [limit()], who("client-999"), 10)).toBe(3);
+  });
+});
+
+describe("shared buckets on a real Redis", () => {
+  let redis: RedisServer;
+  let stores: RedisBucketStore[] = [];
+
+  beforeAll(async () => {
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    for (const store of stores) await store.close();
+    await redis?.remove();
+  });
+
+  it("shares one budget across replicas", async () => {
+    stores = [await connectRedisBuckets(redis.url), await connectRedisBuckets(redis.url)];
+    const replicas = stores.map((shared) => new RateLimiter({ shared }));
+    const limits = [limit({ store: "redis", requestsPerSecond: 1, burst: 5, name: "shared" })];
+    let allowed = 0;
+    for (let i = 0; i < 12; i++) {
+      const replica = replicas[i % 2]!;
+      if ((await replica.check(limits, who("tenant"))).allowed) allowed++;
+    }
+    // Burst 5 at 1/s: the 12 calls take well under a second on loopback, so at most one refill.
+    expect(allowed).toBeGreaterThanOrEqual(5);
+    expect(allowed).toBeLessThanOrEqual(6);
+    const denied = await replicas[0]!.check(limits, who("tenant"));
+    expect(denied.allowed).toBe(false);
+  });
+
+  it("falls back to local buckets while Redis is down, and returns to Redis after", async () => {
+    const store = await connectRedisBuckets(redis.url);
+    stores.push(store);
+    const fallbacks: string[] = [];
+    const limiter = new RateLimiter({ shared: store, onFallback: (name) => fallbacks.push(name) });
+    const limits = [limit({ store: "redis", requestsPerSecond: 1, burst: 3, name: "outage" })];
+    await redis.stop();
+    expect(await allowedOf(limiter, limits, who("x"), 6)).toBe(3);
+    expect(fallbacks.length).toBe(6);
+    await redis.start();
+    let recovered = false;
+    for (let i = 0; i < 100 && !recovered; i++) {
+      const before = fallbacks.length;
+      await limiter.check(
+        [limit({ store: "redis", requestsPerSecond: 1, burst: 3, name: "fresh" })],
+        who("y"),
+      );
+      recovered = fallbacks.length === before;
+      if (!recovered) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(recovered).toBe(true);
+  });
+});

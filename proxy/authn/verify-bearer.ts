@@ -1,0 +1,341 @@
+// Bearer JWT -> verified identity, per policy. The steps, cheapest first: length cap, verified-token
+// cache, untrusted decode to pick the issuer by exact `iss` (an unknown issuer costs no network call),
+// header checks, jose's jwtVerify against that issuer's key set, NumericDate checks, identity.
+
+import {
+  decodeJwt,
+  decodeProtectedHeader,
+  errors,
+  type JWTPayload,
+  type JWTVerifyOptions,
+  jwtVerify,
+} from "jose";
+import type { CompiledPolicy } from "../../policy/compile.ts";
+import { claimValues } from "../../policy/roles.ts";
+import { MAX_TOKEN_LENGTH } from "./credential.ts";
+import { type FetchObserver, type KeySetRegistry, KeysUnavailable, type RemoteKeySet } from "./key-set.ts";
+import { checkNumericDates } from "./numeric-date.ts";
+
+export interface Identity {
+  issuer: string;
+  subject?: string;
+  clientId?: string;
+  scopes: readonly string[];
+  roles: readonly string[];
+  claims: Readonly<Record<string, unknown>>;
+  /** Epoch seconds. */
+  expiresAt: number;
+}
+
+/** `reason` is a short code for logs and metrics; it never carries token material. */
+export type Verification = { ok: true; identity: Identity } | { ok: false; reason: VerificationFailure };
+
+export type VerificationFailure =
+  | "token_too_long"
+  | "malformed"
+  | "unknown_issuer"
+  | "forbidden_header"
+  | "unsupported_crit"
+  | "alg_not_allowed"
+  | "bad_typ"
+  | "keys_unavailable"
+  | "unknown_kid"
+  | "ambiguous_key"
+  | "bad_key"
+  | "bad_signature"
+  | "expired"
+  | "not_yet_valid"
+  | "bad_audience"
+  | "missing_exp"
+  | "bad_numeric_date"
+  | "internal";
+
+export interface BearerVerifier {
+  verify(token: string): Promise<Verification>;
+  /** Resolves when every issuer's key set has loaded once. */
+  ready(): Promise<void>;
+  isReady(): boolean;
+  /** Releases the key sets (closed when no other verifier uses them) and drops the cache. */
+  close(): void;
+}
+
+export interface BearerVerifierOptions {
+  keySets: KeySetRegistry;
+  /** Epoch ms. Default Date.now. */
+  now?: () => number;
+  /** Fetch outcomes of this verifier's key sets, while it is open. */
+  onFetch?: FetchObserver;
+  /** Verified tokens kept. Default 10,000. */
+  cacheSize?: number;
+  /** Upper bound of the cache's token characters (an estimate of its memory). Default 16 Mi. */
+  cacheChars?: number;
+}
+
+export const DEFAULT_CACHE_SIZE = 10_000;
+export const DEFAULT_CACHE_CHARS = 16 * 1024 * 1024;
+
+// Accepted `typ` values (RFC 9068 access tokens, plain JWT), compared as jose does: lower case,
+// `application/` implied.
+const ACCEPTED_TYP = new Set(["application/jwt", "application/at+jwt"]);
+// Headers that point at keys chosen by the token itself: never honoured, refused outright.
+const KEY_HEADERS = ["jwk", "jku", "x5u", "x5c"] as const;
+
+interface IssuerVerification {
+  issuer: string;
+  keySet: RemoteKeySet;
+  algorithms: ReadonlySet<string>;
+  skew: number;
+  options: JWTVerifyOptions;
+}
+
+interface CachedVerification {
+  identity: Identity;
+  issuer: IssuerVerification;
+  kid: string;
+  fingerprint: string;
+  generation: number;
+  /** Valid while notBefore <= now < expiresBefore (epoch s, skew applied as jose applies it). */
+  notBefore: number;
+  expiresBefore: number;
+}
+
+export function createBearerVerifier(
+  policy: Pick<CompiledPolicy, "issuers" | "rolesFor">,
+  options: BearerVerifierOptions,
+): BearerVerifier {
+  const now = options.now ?? Date.now;
+  const clockGiven = options.now !== undefined;
+  const issuers = new Map<string, IssuerVerification>();
+  const unobserve: (() => void)[] = [];
+  for (const [name, config] of policy.issuers) {
+    const keySet = options.keySets.acquire(
+      config.jwksUri === undefined ? { issuer: name } : { issuer: name, jwksUri: config.jwksUri },
+    );
+    if (options.onFetch) unobserve.push(keySet.observe(options.onFetch));
+    issuers.set(name, {
+      issuer: name,
+      keySet,
+      algorithms: new Set(config.algorithms),
+      skew: config.clockSkewSeconds,
+      options: {
+        issuer: name,
+        audience: config.audiences,
+        algorithms: config.algorithms,
+        clockTolerance: config.clockSkewSeconds,
+        requiredClaims: ["exp"],
+      },
+    });
+  }
+  const cache = new VerifiedTokenCache(
+    options.cacheSize ?? DEFAULT_CACHE_SIZE,
+    options.cacheChars ?? DEFAULT_CACHE_CHARS,
+  );
+  let closed = false;
+
+  async function verifyUncached(token: string, nowSeconds: number): Promise<Verification> {
+    let header: ReturnType<typeof decodeProtectedHeader>;
+    let claims: JWTPayload;
+    try {
+      header = decodeProtectedHeader(token);
+      claims = decodeJwt(token);
+    } catch {
+      return fail("malformed");
+    }
+    const issuer = typeof claims.iss === "string" ? issuers.get(claims.iss) : undefined;
+    if (!issuer) return fail("unknown_issuer");
+    for (const name of KEY_HEADERS) if (Object.hasOwn(header, name)) return fail("forbidden_header");
+    // We understand no critical extension; jose would refuse unknown ones too.
+    if (Object.hasOwn(header, "crit")) return fail("unsupported_crit");
+    if (typeof header.alg !== "string" || !issuer.algorithms.has(header.alg)) return fail("alg_not_allowed");
+    if (
+      header.typ !== undefined &&
+      !(typeof header.typ === "string" && ACCEPTED_TYP.has(normalizeTyp(header.typ)))
+    ) {
+      return fail("bad_typ");
+    }
+    let payload: JWTPayload;
+    try {
+      const verifyOptions = clockGiven
+        ? { ...issuer.options, currentDate: new Date(nowSeconds * 1000) }
+        : issuer.options;
+      ({ payload } = await jwtVerify(token, issuer.keySet.getKey, verifyOptions));
+    } catch (error) {
+      return fail(failureOf(error));
+    }
+    const dates = checkNumericDates(payload);
+    if (!dates.ok) return fail(dates.problem === "missing" ? "missing_exp" : "bad_numeric_date");
+    const identity = identityOf(payload, issuer.issuer, dates.exp, policy.rolesFor);
+    // Cache only what can be tied to one published key: a kid that occurs once in the current set.
+    const kid = header.kid;
+    const fingerprint = typeof kid === "string" ? issuer.keySet.fingerprint(kid) : undefined;
+    if (!closed && kid !== undefined && fingerprint !== undefined) {
+      cache.set(token, {
+        identity,
+        issuer,
+        kid,
+        fingerprint,
+        generation: issuer.keySet.generation(),
+        notBefore: dates.nbf === undefined ? Number.NEGATIVE_INFINITY : dates.nbf - issuer.skew,
+        expiresBefore: dates.exp + issuer.skew,
+      });
+    }
+    return { ok: true, identity };
+  }
+
+  return {
+    async verify(token) {
+      if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
+      const nowSeconds = Math.floor(now() / 1000);
+      const cached = cache.get(token);
+      if (cached) {
+        if (stillValid(cached, nowSeconds)) return { ok: true, identity: cached.identity };
+        cache.delete(token);
+      }
+      try {
+        return await verifyUncached(token, nowSeconds);
+      } catch {
+        // Nothing above should throw; if it does, the request is refused, not crashed.
+        return fail("internal");
+      }
+    },
+    async ready() {
+      await Promise.all([...issuers.values()].map((issuer) => issuer.keySet.ready()));
+    },
+    isReady() {
+      for (const issuer of issuers.values()) if (!issuer.keySet.isReady()) return false;
+      return true;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      cache.clear();
+      for (const stop of unobserve) stop();
+      for (const issuer of issuers.values()) options.keySets.release(issuer.keySet);
+    },
+  };
+}
+
+function stillValid(entry: CachedVerification, nowSeconds: number): boolean {
+  if (nowSeconds >= entry.expiresBefore || nowSeconds < entry.notBefore) return false;
+  const { keySet } = entry.issuer;
+  if (!keySet.isReady()) return false;
+  const generation = keySet.generation();
+  if (generation === entry.generation) return true;
+  // The set changed: the entry stays only while the very key that verified it is still published.
+  if (keySet.fingerprint(entry.kid) !== entry.fingerprint) return false;
+  entry.generation = generation;
+  return true;
+}
+
+function fail(reason: VerificationFailure): Verification {
+  return { ok: false, reason };
+}
+
+function normalizeTyp(typ: string): string {
+  const lower = typ.toLowerCase();
+  return lower.includes("/") ? lower : `application/${lower}`;
+}
+
+function failureOf(error: unknown): VerificationFailure {
+  if (error instanceof KeysUnavailable) return "keys_unavailable";
+  if (error instanceof errors.JWTExpired) return "expired";
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    switch (error.claim) {
+      case "nbf":
+        return error.reason === "check_failed" ? "not_yet_valid" : "bad_numeric_date";
+      case "exp":
+        return error.reason === "missing" ? "missing_exp" : "bad_numeric_date";
+      case "iat":
+        return "bad_numeric_date";
+      case "aud":
+        return "bad_audience";
+      case "iss":
+        return "unknown_issuer";
+      case "typ":
+        return "bad_typ";
+      default:
+        return "malformed";
+    }
+  }
+  if (error instanceof errors.JWSSignatureVerificationFailed) return "bad_signature";
+  if (error instanceof errors.JOSEAlgNotAllowed) return "alg_not_allowed";
+  if (error instanceof errors.JWKSNoMatchingKey) return "unknown_kid";
+  if (error instanceof errors.JWKSMultipleMatchingKeys) return "ambiguous_key";
+  if (error instanceof errors.JWSInvalid || error instanceof errors.JWTInvalid) return "malformed";
+  if (error instanceof errors.JOSENotSupported) return "alg_not_allowed";
+  // jose throws TypeError for keys it refuses to use (e.g. an RSA modulus under 2048 bits).
+  if (error instanceof TypeError) return "bad_key";
+  return "internal";
+}
+
+function identityOf(
+  payload: JWTPayload,
+  issuer: string,
+  expiresAt: number,
+  rolesFor: CompiledPolicy["rolesFor"],
+): Identity {
+  const claims = Object.freeze(payload) as Readonly<Record<string, unknown>>;
+  const subject = typeof payload.sub === "string" ? payload.sub : undefined;
+  const clientId = firstString(claims.client_id, claims.azp, claims.cid);
+  const scopes = Object.freeze(
+    typeof claims.scope === "string" ? claimValues(claims.scope) : claimValues(claims.scp),
+  );
+  const roles = Object.freeze(rolesFor(claims, issuer));
+  const identity: Identity = { issuer, scopes, roles, claims, expiresAt };
+  if (subject !== undefined) identity.subject = subject;
+  if (clientId !== undefined) identity.clientId = clientId;
+  return Object.freeze(identity);
+}
+
+function firstString(...values: unknown[]): string | undefined {
+  for (const value of values) if (typeof value === "string" && value !== "") return value;
+  return undefined;
+}
+
+/**
+ * LRU of verified tokens, keyed by the token string itself: an exact match costs one Map lookup with
+ * no hashing (a SHA-256 key would cost ~1-2 us per request), and only verified tokens get in, so the
+ * key memory is bounded by `maxChars` rather than by what clients send.
+ */
+class VerifiedTokenCache {
+  readonly #entries = new Map<string, CachedVerification>();
+  readonly #maxEntries: number;
+  readonly #maxChars: number;
+  #chars = 0;
+
+  constructor(maxEntries: number, maxChars: number) {
+    this.#maxEntries = Math.max(0, maxEntries);
+    this.#maxChars = Math.max(0, maxChars);
+  }
+
+  get(token: string): CachedVerification | undefined {
+    const entry = this.#entries.get(token);
+    if (entry) {
+      // Re-insert to mark as most recently used (Map keeps insertion order).
+      this.#entries.delete(token);
+      this.#entries.set(token, entry);
+    }
+    return entry;
+  }
+
+  set(token: string, entry: CachedVerification): void {
+    if (this.#maxEntries === 0 || token.length > this.#maxChars) return;
+    this.delete(token);
+    this.#entries.set(token, entry);
+    this.#chars += token.length;
+    while (this.#entries.size > this.#maxEntries || this.#chars > this.#maxChars) {
+      const oldest = this.#entries.keys().next();
+      if (oldest.done) break;
+      this.delete(oldest.value);
+    }
+  }
+
+  delete(token: string): void {
+    if (this.#entries.delete(token)) this.#chars -= token.length;
+  }
+
+  clear(): void {
+    this.#entries.clear();
+    this.#chars = 0;
+  }
+}

@@ -64,6 +64,8 @@ export interface IdentityProvider {
   token(clientId: string, request?: TokenRequest): Promise<string>;
   /** kids in the JWKS, in order; the first of each key type signs. */
   kids(): string[];
+  /** The private JWKs (RSA, EC) signing now, for tests that mint tokens this IdP would never issue. */
+  signingKeys(): JWK[];
   /** New signing keys (listed first); the old ones stay published or vanish at once. */
   rotateKeys(options?: RotateOptions): Promise<void>;
   /** Removes the keys that a rotateKeys({ keepPrevious: true }) kept. */
@@ -218,6 +220,7 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
       return body.access_token;
     },
     kids: () => current.keys.concat(previous).map((key) => key.kid ?? ""),
+    signingKeys: () => current.keys.map((key) => ({ ...key })),
     async rotateKeys(rotate = {}) {
       const next = await newSigningKeys(current.generation + 1);
       previous = rotate.keepPrevious === false ? [] : current.keys.concat(previous);

@@ -5,7 +5,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { ProxyMetrics } from "./metrics.ts";
 
-export type Readiness = { ready: true } | { ready: false; reason: string };
+/** `note`: a degradation worth showing that does not (or no longer) make the sidecar unready. */
+export type Readiness = { ready: true; note?: string } | { ready: false; reason: string };
 
 export interface AdminOptions {
   ready: () => Readiness;
@@ -23,7 +24,8 @@ export function createAdminServer(options: AdminOptions): Server {
       "/readyz",
       (res) => {
         const readiness = options.ready();
-        if (readiness.ready) sendJson(res, 200, { status: "ready" });
+        if (readiness.ready)
+          sendJson(res, 200, { status: "ready", ...(readiness.note ? { note: readiness.note } : {}) });
         else sendJson(res, 503, { status: "not ready", reason: readiness.reason });
       },
     ],

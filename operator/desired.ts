@@ -1,0 +1,720 @@
+// The reconcile core: one AccessPolicy and what the cache holds for its namespace in, the objects to
+// apply (server-side apply, field manager FIELD_MANAGER), the status and the events out. No I/O, no
+// clock: the edge passes `now`, used only for a condition whose status changes. Same input, same
+// output, byte for byte; an input that already reflects the output gives `upToDate` everywhere and
+// no events, so a second reconcile writes nothing.
+
+import type { V1ConfigMap, V1Container, V1Deployment, V1Service, V1Volume } from "@kubernetes/client-node";
+import { stringify } from "yaml";
+import { formatProblem, type Problem } from "../policy/problems.ts";
+import {
+  type AccessPolicy,
+  type AccessPolicyDocument,
+  type AccessPolicyStatus,
+  API_VERSION,
+  type Condition,
+  KIND,
+  type Target,
+} from "../policy/schema.ts";
+import { validatePolicyObject } from "../policy/validate.ts";
+import { type ConditionVerdict, findCondition, nextConditions } from "./conditions.ts";
+import {
+  compare,
+  configMapName,
+  FINALIZER,
+  LISTENER_PORT_NAME,
+  MANAGED_BY,
+  MANAGED_BY_LABEL,
+  type OperatorConfig,
+  ORIGINAL_TARGET_PORTS_ANNOTATION,
+  POLICY_ANNOTATION,
+  POLICY_KEY,
+  POLICY_LABEL,
+  POLICY_VOLUME,
+  SIDECAR_HASH_ANNOTATION,
+  SIDECAR_NAME,
+} from "./config.ts";
+import { matchesSelector, matchesServiceSelector } from "./selector.ts";
+import {
+  canonicalJson,
+  drainSeconds,
+  policyVolume,
+  portClashes,
+  resolveUpstreamPort,
+  type ServerVersion,
+  sidecarContainer,
+  sidecarHash,
+  useNativeSidecar,
+} from "./sidecar.ts";
+
+// --- the contract with the edge ---------------------------------------------------------------
+
+export interface ReconcileInput {
+  /** The AccessPolicy as served: metadata (uid, generation, creationTimestamp, deletionTimestamp, finalizers) and status. */
+  policy: AccessPolicy;
+  /** Every AccessPolicy in the namespace (the policy itself may or may not be among them). */
+  policiesInNamespace: readonly AccessPolicy[];
+  /** Every Deployment in the namespace, as served (annotations, pod template). */
+  deployments: readonly V1Deployment[];
+  /** Every Service in the namespace, as served. */
+  services: readonly V1Service[];
+  /** The policy's own ConfigMap (`configMapName(policy)`) as served, when it exists. */
+  configMap?: V1ConfigMap | undefined;
+  serverVersion: ServerVersion;
+  /** RFC 3339, e.g. `kubeTime(new Date())`; written only where a condition's status changes. */
+  now: string;
+  /** Deployment name -> why applying its intent failed this round: target state Error, Ready False. */
+  failedDeployments?: Readonly<Record<string, string>>;
+}
+
+/** Server-side apply bodies: ONLY the fields the operator owns. */
+export interface DeploymentApply {
+  apiVersion: "apps/v1";
+  kind: "Deployment";
+  metadata: { name: string; namespace: string; annotations?: Record<string, string> };
+  spec?: {
+    template: {
+      metadata: { annotations: Record<string, string> };
+      spec: { initContainers?: V1Container[]; containers?: V1Container[]; volumes: V1Volume[] };
+    };
+  };
+}
+
+export interface ServicePortApply {
+  port: number;
+  protocol: string;
+  targetPort: number | string;
+}
+
+export interface ServiceApply {
+  apiVersion: "v1";
+  kind: "Service";
+  metadata: { name: string; namespace: string; annotations?: Record<string, string> };
+  spec: { ports: ServicePortApply[] };
+}
+
+export interface ConfigMapApply {
+  apiVersion: "v1";
+  kind: "ConfigMap";
+  metadata: {
+    name: string;
+    namespace: string;
+    labels: Record<string, string>;
+    ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller: true }[];
+  };
+  data: Record<string, string>;
+}
+
+export interface Intent<Body> {
+  name: string;
+  body: Body;
+  /** The body gives back what the operator added (an empty intent for a Deployment, original targetPorts for a Service). */
+  release: boolean;
+  /** The observed object already carries this body's marks: applying it would change nothing. */
+  upToDate: boolean;
+}
+
+export interface PolicyEvent {
+  type: "Normal" | "Warning";
+  reason: "Protected" | "Removed" | "Invalid" | "Conflict";
+  message: string;
+  regarding: { apiVersion: string; kind: string; name: string; namespace: string; uid?: string };
+}
+
+export interface ReconcileOutput {
+  /** The validated, defaulted policy document for the sidecars. Absent while the policy is invalid or deleted. */
+  configMap?: Intent<ConfigMapApply>;
+  /** The ConfigMap to delete (the policy is being deleted and it still exists). */
+  deleteConfigMap?: string;
+  /** Sorted by name. Apply after the ConfigMap, before the Services. */
+  deployments: Intent<DeploymentApply>[];
+  /** Sorted by name. Apply after the Deployments; on release, before them. */
+  services: Intent<ServiceApply>[];
+  status: AccessPolicyStatus;
+  /** status equals the served status: nothing to write. */
+  statusUpToDate: boolean;
+  /** Only for changes: a reconcile that changes nothing emits none. */
+  events: PolicyEvent[];
+  /** "add": before applying anything. "remove": last, once every apply/delete above succeeded. */
+  finalizer: "add" | "remove" | "none";
+}
+
+// --- desired ----------------------------------------------------------------------------------
+
+export function desired(input: ReconcileInput, config: OperatorConfig): ReconcileOutput {
+  const { policy } = input;
+  const name = policy.metadata.name ?? "";
+  const namespace = policy.metadata.namespace ?? "";
+  const deleting = Boolean(policy.metadata.deletionTimestamp);
+  const validation = validatePolicyObject({
+    apiVersion: policy.apiVersion,
+    kind: policy.kind,
+    metadata: { name, namespace, generation: policy.metadata.generation },
+    spec: policy.spec,
+  });
+  const accepted = acceptedVerdict(validation.problems, validation.policy !== undefined);
+  const ctx: Context = {
+    input,
+    config,
+    name,
+    namespace,
+    cmName: configMapName(name),
+    native: useNativeSidecar(config.sidecarMode, input.serverVersion),
+    events: [],
+  };
+
+  const deployments = byName(input.deployments);
+  const services = byName(input.services);
+  const out: ReconcileOutput = {
+    deployments: [],
+    services: [],
+    status: {},
+    statusUpToDate: false,
+    events: ctx.events,
+    finalizer: finalizerAction(policy, deleting),
+  };
+
+  let targets: Target[] = [];
+  let ready: ConditionVerdict;
+  if (deleting) {
+    // Give back everything marked as ours, whatever the selector says now.
+    out.services = services.flatMap((s) => (carriedPolicy(s) === name ? [restoreService(ctx, s)] : []));
+    out.deployments = deployments.flatMap((d) =>
+      carriedPolicy(d) === name ? [releaseDeployment(ctx, d)] : [],
+    );
+    if (input.configMap !== undefined) out.deleteConfigMap = ctx.cmName;
+    ready = {
+      type: "Ready",
+      status: "False",
+      reason: "Deleting",
+      message: "the policy is being deleted: its Deployments and Services are being restored",
+    };
+  } else {
+    const claims = claimsByDeployment(input, deployments);
+    const held: Held[] = [];
+    for (const d of deployments) {
+      const target = reconcileDeployment(ctx, d, claims, validation.policy, held, out.deployments);
+      if (target !== undefined) targets.push(target);
+    }
+    if (validation.policy !== undefined) {
+      out.configMap = configMapIntent(ctx, validation.policy);
+      out.services = services.flatMap((s) => {
+        const intent = reconcileService(ctx, s, held, claims, deployments);
+        return intent === undefined ? [] : [intent];
+      });
+    } else {
+      warnOnce(ctx, policy.status, accepted);
+    }
+    ready = readyVerdict(validation.policy !== undefined, targets, namespace);
+  }
+  if (deleting) targets = [];
+
+  const conflicts = targets.filter((t) => t.state === "Conflict");
+  const conditions = nextConditions(
+    policy.status?.conditions,
+    [
+      accepted,
+      ready,
+      conflicts.length > 0
+        ? {
+            type: "Conflict",
+            status: "True",
+            reason: "Conflict",
+            message: conflicts.map((t) => `${t.name}: ${t.message}`).join("; "),
+          }
+        : {
+            type: "Conflict",
+            status: "False",
+            reason: "NoConflict",
+            message: "no older AccessPolicy selects these Deployments",
+          },
+    ],
+    policy.metadata.generation,
+    input.now,
+  );
+  const status: AccessPolicyStatus = {};
+  if (policy.metadata.generation !== undefined) status.observedGeneration = policy.metadata.generation;
+  status.conditions = conditions;
+  status.targets = targets;
+  status.protectedTargets = targets.filter((t) => t.state === "Protected").length;
+  out.status = status;
+  out.statusUpToDate = canonicalJson(status) === canonicalJson(policy.status ?? {});
+  return out;
+}
+
+// --- per Deployment ---------------------------------------------------------------------------
+
+interface Context {
+  input: ReconcileInput;
+  config: OperatorConfig;
+  name: string;
+  namespace: string;
+  cmName: string;
+  native: boolean;
+  events: PolicyEvent[];
+}
+
+/** A Deployment this policy holds and applies its sidecar to: what its Services may be pointed at. */
+interface Held {
+  labels: Record<string, string>;
+  port: number;
+  portNames: string[];
+}
+
+function reconcileDeployment(
+  ctx: Context,
+  d: V1Deployment,
+  claims: Map<string, AccessPolicy>,
+  valid: AccessPolicyDocument | undefined,
+  held: Held[],
+  intents: Intent<DeploymentApply>[],
+): Target | undefined {
+  const dName = d.metadata?.name ?? "";
+  const ours = carriedPolicy(d) === ctx.name;
+  const claimant = claims.get(dName);
+  const selected = matchesSelector(ctx.input.policy.spec?.selector, podLabels(d));
+  if (!selected) {
+    // An invalid policy leaves workloads alone: the sidecars keep serving its last good version.
+    if (ours && valid !== undefined) intents.push(releaseDeployment(ctx, d));
+    return undefined;
+  }
+  if (claimant !== undefined && claimant.metadata.name !== ctx.name) {
+    const message = `selected by the older AccessPolicy ${JSON.stringify(claimant.metadata.name)}, which keeps it`;
+    return noteTarget(ctx, d, { kind: "Deployment", name: dName, state: "Conflict", message }, "Conflict");
+  }
+  if (valid === undefined) {
+    return ours
+      ? {
+          kind: "Deployment",
+          name: dName,
+          state: "Protected",
+          message: "keeps the last accepted version of the policy",
+        }
+      : { kind: "Deployment", name: dName, state: "Pending", message: "the policy is not accepted" };
+  }
+
+  const pod = d.spec?.template?.spec;
+  const upstream = resolveUpstreamPort(pod, valid.spec.upstream.port);
+  const problems = upstream.ok ? portClashes(pod, valid.spec) : [upstream.message];
+  if (!upstream.ok || problems.length > 0) {
+    const message = `nothing applied: ${problems.join("; ")}`;
+    return noteTarget(ctx, d, { kind: "Deployment", name: dName, state: "Error", message }, "Invalid");
+  }
+
+  const container = sidecarContainer(
+    valid.spec,
+    {
+      upstreamPort: upstream.port,
+      drainSeconds: drainSeconds(pod?.terminationGracePeriodSeconds, ctx.config.drainMarginSeconds),
+      native: ctx.native,
+    },
+    ctx.config,
+  );
+  const volume = policyVolume(ctx.cmName);
+  const hash = sidecarHash(container, volume);
+  const body: DeploymentApply = {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name: dName, namespace: ctx.namespace, annotations: { [POLICY_ANNOTATION]: ctx.name } },
+    spec: {
+      template: {
+        metadata: { annotations: { [SIDECAR_HASH_ANNOTATION]: hash } },
+        spec: {
+          ...(ctx.native ? { initContainers: [container] } : { containers: [container] }),
+          volumes: [volume],
+        },
+      },
+    },
+  };
+  const upToDate = carriesSidecar(ctx, d, hash);
+  intents.push({ name: dName, body, release: false, upToDate });
+  held.push({ labels: podLabels(d) ?? {}, port: upstream.port, portNames: upstream.names });
+  if (!upToDate) {
+    ctx.events.push(
+      event(
+        ctx,
+        d,
+        "Normal",
+        "Protected",
+        `${ours ? "sidecar updated" : "sidecar added"} by AccessPolicy ${ctx.name}`,
+      ),
+    );
+  }
+  const failure = ctx.input.failedDeployments?.[dName];
+  if (failure !== undefined)
+    return { kind: "Deployment", name: dName, state: "Error", message: `apply failed: ${failure}` };
+  return { kind: "Deployment", name: dName, state: "Protected", message: `sidecar ${hash}` };
+}
+
+function releaseDeployment(ctx: Context, d: V1Deployment): Intent<DeploymentApply> {
+  const dName = d.metadata?.name ?? "";
+  ctx.events.push(
+    event(ctx, d, "Normal", "Removed", `sidecar removed: AccessPolicy ${ctx.name} no longer applies`),
+  );
+  return {
+    name: dName,
+    // Applying nothing under our field manager removes every field only we own.
+    body: { apiVersion: "apps/v1", kind: "Deployment", metadata: { name: dName, namespace: ctx.namespace } },
+    release: true,
+    upToDate: false,
+  };
+}
+
+/** Our marks on the observed Deployment: annotation, hash, sidecar in the right list, volume. */
+function carriesSidecar(ctx: Context, d: V1Deployment, hash: string): boolean {
+  const pod = d.spec?.template?.spec;
+  const inList = (list: readonly V1Container[] | undefined) =>
+    (list ?? []).some((c) => c.name === SIDECAR_NAME);
+  return (
+    carriedPolicy(d) === ctx.name &&
+    d.spec?.template?.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION] === hash &&
+    inList(ctx.native ? pod?.initContainers : pod?.containers) &&
+    !inList(ctx.native ? pod?.containers : pod?.initContainers) &&
+    (pod?.volumes ?? []).some((v) => v.name === POLICY_VOLUME && v.configMap?.name === ctx.cmName)
+  );
+}
+
+/** A target whose state deserves a Warning, emitted only when it differs from the served status. */
+function noteTarget(ctx: Context, d: V1Deployment, target: Target, reason: "Conflict" | "Invalid"): Target {
+  const before = ctx.input.policy.status?.targets?.find(
+    (t) => t.kind === target.kind && t.name === target.name,
+  );
+  if (before?.state !== target.state || before.message !== target.message) {
+    ctx.events.push({
+      ...event(ctx, d, "Warning", reason, `Deployment ${target.name}: ${target.message}`),
+      regarding: policyReference(ctx),
+    });
+  }
+  return target;
+}
+
+// --- conflicts --------------------------------------------------------------------------------
+
+/**
+ * Deployment name -> the policy that keeps it: of the policies not being deleted whose selector
+ * matches its pod template, the oldest (creationTimestamp, then name). Valid or not: an invalid
+ * older policy still holds its Deployments, with its last good sidecar.
+ */
+function claimsByDeployment(
+  input: ReconcileInput,
+  deployments: readonly V1Deployment[],
+): Map<string, AccessPolicy> {
+  const self = input.policy;
+  const others = input.policiesInNamespace.filter(
+    (p) => p.metadata.name !== self.metadata.name && !p.metadata.deletionTimestamp,
+  );
+  const candidates = [self, ...others].sort(olderFirst);
+  const claims = new Map<string, AccessPolicy>();
+  for (const d of deployments) {
+    const labels = podLabels(d);
+    const claimant = candidates.find((p) => matchesSelector(p.spec?.selector, labels));
+    if (claimant !== undefined && d.metadata?.name) claims.set(d.metadata.name, claimant);
+  }
+  return claims;
+}
+
+export function olderFirst(a: AccessPolicy, b: AccessPolicy): number {
+  const time = (p: AccessPolicy) => {
+    const t = Date.parse(String(p.metadata.creationTimestamp ?? ""));
+    return Number.isNaN(t) ? Number.POSITIVE_INFINITY : t;
+  };
+  const ta = time(a);
+  const tb = time(b);
+  if (ta !== tb) return ta < tb ? -1 : 1;
+  return compare(a.metadata.name ?? "", b.metadata.name ?? "");
+}
+
+/**
+ * The policies a Deployment event concerns: those whose selector matches its pod template and the one
+ * its annotation names. The edge enqueues these (and, when a policy changes, its namespace's others).
+ */
+export function policiesForDeployment(deployment: V1Deployment, policies: readonly AccessPolicy[]): string[] {
+  const names = new Set<string>();
+  const carried = carriedPolicy(deployment);
+  if (carried !== undefined) names.add(carried);
+  for (const p of policies) {
+    if (p.metadata.name && matchesSelector(p.spec?.selector, podLabels(deployment)))
+      names.add(p.metadata.name);
+  }
+  return [...names].sort(compare);
+}
+
+// --- Services ---------------------------------------------------------------------------------
+
+/**
+ * Retargets the ports of a Service that send traffic to the upstream port of pods this policy holds.
+ * Once a port is recorded in the annotation the policy keeps its targetPort in every intent (the
+ * listener, or the original when the port no longer qualifies), because dropping a field we own
+ * would let the API server default it to `port`.
+ */
+function reconcileService(
+  ctx: Context,
+  s: V1Service,
+  held: readonly Held[],
+  claims: Map<string, AccessPolicy>,
+  deployments: readonly V1Deployment[],
+): Intent<ServiceApply> | undefined {
+  const carried = carriedPolicy(s);
+  const ours = carried === ctx.name;
+  const selector = s.spec?.selector;
+  // A Service over several policies' pods is handled by the oldest of them, so two never take turns.
+  const keepers = deployments
+    .filter((d) => matchesServiceSelector(selector, podLabels(d)))
+    .flatMap((d) => {
+      const claimant = claims.get(d.metadata?.name ?? "");
+      return claimant === undefined ? [] : [claimant];
+    })
+    .sort(olderFirst);
+  const keeper = keepers[0];
+  if (keeper !== undefined && keeper.metadata.name !== ctx.name) return undefined;
+
+  const mine = held.filter((h) => matchesServiceSelector(selector, h.labels));
+  if (mine.length === 0) return ours ? restoreService(ctx, s) : undefined;
+  const numbers = new Set(mine.map((h) => h.port));
+  const names = new Set(mine.flatMap((h) => h.portNames));
+  const qualifies = (target: number | string) =>
+    typeof target === "number" ? numbers.has(target) : names.has(target);
+
+  // Another policy's record is taken over as is: it handed these pods to us.
+  const recorded = carried !== undefined ? readRecord(s) : {};
+  const record: Record<string, number | string> = {};
+  const ports: ServicePortApply[] = [];
+  let upToDate = ours;
+  for (const p of servicePorts(s)) {
+    const key = portKey(p);
+    const current = p.targetPort ?? p.port;
+    const original =
+      current === LISTENER_PORT_NAME && key in recorded ? (recorded[key] as number | string) : current;
+    const known = key in recorded;
+    if (qualifies(original)) {
+      record[key] = original;
+      ports.push({ port: p.port, protocol: p.protocol ?? "TCP", targetPort: LISTENER_PORT_NAME });
+      if (current !== LISTENER_PORT_NAME) upToDate = false;
+    } else if (known) {
+      record[key] = original;
+      ports.push({ port: p.port, protocol: p.protocol ?? "TCP", targetPort: original });
+      if (current !== original) upToDate = false;
+    }
+  }
+  if (!ports.some((p) => p.targetPort === LISTENER_PORT_NAME))
+    return ours ? restoreService(ctx, s) : undefined;
+  const recordText = canonicalJson(record);
+  if (s.metadata?.annotations?.[ORIGINAL_TARGET_PORTS_ANNOTATION] !== recordText) upToDate = false;
+  return {
+    name: s.metadata?.name ?? "",
+    body: {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: {
+        name: s.metadata?.name ?? "",
+        namespace: ctx.namespace,
+        annotations: { [ORIGINAL_TARGET_PORTS_ANNOTATION]: recordText, [POLICY_ANNOTATION]: ctx.name },
+      },
+      spec: { ports },
+    },
+    release: false,
+    upToDate,
+  };
+}
+
+/** Every recorded port back to its original targetPort; our annotations go (not sent). */
+function restoreService(ctx: Context, s: V1Service): Intent<ServiceApply> {
+  const recorded = readRecord(s);
+  const ports = servicePorts(s)
+    .filter((p) => portKey(p) in recorded)
+    .map((p) => ({
+      port: p.port,
+      protocol: p.protocol ?? "TCP",
+      targetPort: recorded[portKey(p)] as number | string,
+    }));
+  const sName = s.metadata?.name ?? "";
+  return {
+    name: sName,
+    body: {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: sName, namespace: ctx.namespace },
+      spec: { ports },
+    },
+    release: true,
+    upToDate: false,
+  };
+}
+
+function servicePorts(s: V1Service) {
+  return [...(s.spec?.ports ?? [])].sort(
+    (a, b) => a.port - b.port || compare(a.protocol ?? "TCP", b.protocol ?? "TCP"),
+  );
+}
+
+const portKey = (p: { port: number; protocol?: string }) => `${p.port}/${p.protocol ?? "TCP"}`;
+
+/** The recorded originals; anything unreadable counts as nothing recorded. */
+function readRecord(s: V1Service): Record<string, number | string> {
+  const text = s.metadata?.annotations?.[ORIGINAL_TARGET_PORTS_ANNOTATION];
+  if (text === undefined) return {};
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return {};
+    return Object.fromEntries(
+      Object.entries(parsed).filter(
+        (e): e is [string, number | string] =>
+          /^\d+\/[A-Z]+$/.test(e[0]) && (typeof e[1] === "string" || Number.isInteger(e[1])),
+      ),
+    );
+  } catch {
+    return {};
+  }
+}
+
+// --- ConfigMap --------------------------------------------------------------------------------
+
+function configMapIntent(ctx: Context, valid: AccessPolicyDocument): Intent<ConfigMapApply> {
+  const { policy } = ctx.input;
+  const document = {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    metadata: { name: ctx.name, namespace: ctx.namespace, generation: policy.metadata.generation },
+    spec: sortKeys(valid.spec),
+  };
+  if (document.metadata.generation === undefined) delete document.metadata.generation;
+  const text = stringify(document, { lineWidth: 0 });
+  const body: ConfigMapApply = {
+    apiVersion: "v1",
+    kind: "ConfigMap",
+    metadata: {
+      name: ctx.cmName,
+      namespace: ctx.namespace,
+      labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [POLICY_LABEL]: ctx.name },
+    },
+    data: { [POLICY_KEY]: text },
+  };
+  const uid = policy.metadata.uid;
+  if (uid) {
+    body.metadata.ownerReferences = [
+      { apiVersion: API_VERSION, kind: KIND, name: ctx.name, uid, controller: true },
+    ];
+  }
+  const seen = ctx.input.configMap;
+  const upToDate =
+    seen !== undefined &&
+    seen.data?.[POLICY_KEY] === text &&
+    Object.entries(body.metadata.labels).every(([k, v]) => seen.metadata?.labels?.[k] === v) &&
+    (uid === undefined ||
+      uid === "" ||
+      (seen.metadata?.ownerReferences ?? []).some((r) => r.uid === uid && r.controller));
+  return { name: ctx.cmName, body, release: false, upToDate };
+}
+
+function sortKeys<T>(value: T): T {
+  return JSON.parse(canonicalJson(value)) as T;
+}
+
+// --- conditions -------------------------------------------------------------------------------
+
+const MAX_MESSAGE = 32_000;
+
+function acceptedVerdict(problems: readonly Problem[], valid: boolean): ConditionVerdict {
+  const errors = problems.filter((p) => p.severity === "error").map((p) => `${p.path}: ${p.message}`);
+  const warnings = problems.filter((p) => p.severity === "warning").map(formatProblem);
+  if (!valid) {
+    return { type: "Accepted", status: "False", reason: "Invalid", message: clip(errors.join("; ")) };
+  }
+  const message = warnings.length > 0 ? `the policy is valid; ${warnings.join("; ")}` : "the policy is valid";
+  return { type: "Accepted", status: "True", reason: "Valid", message: clip(message) };
+}
+
+function readyVerdict(valid: boolean, targets: readonly Target[], namespace: string): ConditionVerdict {
+  if (!valid) {
+    return {
+      type: "Ready",
+      status: "False",
+      reason: "Invalid",
+      message: "the policy is not accepted; protected Deployments keep its last accepted version",
+    };
+  }
+  if (targets.length === 0) {
+    return {
+      type: "Ready",
+      status: "False",
+      reason: "NoTargets",
+      message: `the selector matches no Deployment in namespace ${namespace}`,
+    };
+  }
+  const notProtected = targets.filter((t) => t.state !== "Protected");
+  const counted = `${targets.length - notProtected.length} of ${targets.length} Deployments protected`;
+  if (notProtected.length === 0)
+    return { type: "Ready", status: "True", reason: "Protected", message: counted };
+  return {
+    type: "Ready",
+    status: "False",
+    reason: "TargetsNotProtected",
+    message: clip(
+      `${counted}; ${notProtected.map((t) => `${t.name}: ${t.state}: ${t.message ?? ""}`).join("; ")}`,
+    ),
+  };
+}
+
+/** One Warning per new verdict of an invalid policy, not one per reconcile. */
+function warnOnce(ctx: Context, served: AccessPolicyStatus | undefined, accepted: ConditionVerdict): void {
+  const before: Condition | undefined = findCondition(served?.conditions, "Accepted");
+  if (before?.status === accepted.status && before.message === accepted.message) return;
+  ctx.events.push({
+    type: "Warning",
+    reason: "Invalid",
+    message: clip(`AccessPolicy ${ctx.name} is not accepted: ${accepted.message}`),
+    regarding: policyReference(ctx),
+  });
+}
+
+const clip = (s: string) => (s.length > MAX_MESSAGE ? `${s.slice(0, MAX_MESSAGE - 3)}...` : s);
+
+// --- small pieces -----------------------------------------------------------------------------
+
+function finalizerAction(policy: AccessPolicy, deleting: boolean): ReconcileOutput["finalizer"] {
+  const has = (policy.metadata.finalizers ?? []).includes(FINALIZER);
+  if (deleting) return has ? "remove" : "none";
+  return has ? "none" : "add";
+}
+
+function carriedPolicy(o: V1Deployment | V1Service): string | undefined {
+  return o.metadata?.annotations?.[POLICY_ANNOTATION];
+}
+
+function podLabels(d: V1Deployment): Record<string, string> | undefined {
+  return d.spec?.template?.metadata?.labels;
+}
+
+function byName<T extends { metadata?: { name?: string } }>(objects: readonly T[]): T[] {
+  return objects
+    .filter((o) => o.metadata?.name)
+    .sort((a, b) => compare(a.metadata?.name ?? "", b.metadata?.name ?? ""));
+}
+
+function event(
+  ctx: Context,
+  d: V1Deployment,
+  type: PolicyEvent["type"],
+  reason: PolicyEvent["reason"],
+  message: string,
+): PolicyEvent {
+  const regarding: PolicyEvent["regarding"] = {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    name: d.metadata?.name ?? "",
+    namespace: ctx.namespace,
+  };
+  if (d.metadata?.uid) regarding.uid = d.metadata.uid;
+  return { type, reason, message, regarding };
+}
+
+function policyReference(ctx: Context): PolicyEvent["regarding"] {
+  const regarding: PolicyEvent["regarding"] = {
+    apiVersion: API_VERSION,
+    kind: KIND,
+    name: ctx.name,
+    namespace: ctx.namespace,
+  };
+  if (ctx.input.policy.metadata.uid) regarding.uid = ctx.input.policy.metadata.uid;
+  return regarding;
+}

@@ -1,0 +1,176 @@
+// The proxy sidecar the operator adds to a pod template: container, volume, and the hash that marks
+// which settings a pod runs with. Pure: same inputs, same objects, same key order.
+
+import { createHash } from "node:crypto";
+import type { V1Container, V1PodSpec, V1Volume } from "@kubernetes/client-node";
+import type { AccessPolicySpec } from "../policy/schema.ts";
+import {
+  ADMIN_PORT_NAME,
+  compare,
+  LISTENER_PORT_NAME,
+  type OperatorConfig,
+  POLICY_DIR,
+  POLICY_KEY,
+  POLICY_VOLUME,
+  SIDECAR_NAME,
+} from "./config.ts";
+
+export interface ServerVersion {
+  major: number;
+  minor: number;
+}
+
+/** Native sidecars (restartPolicy Always on an init container) are on by default from 1.29. */
+export const NATIVE_SIDECAR_SINCE: ServerVersion = { major: 1, minor: 29 };
+/** Kubernetes' default terminationGracePeriodSeconds. */
+export const DEFAULT_GRACE_SECONDS = 30;
+
+/** `{ major: "1", minor: "29+" }` (some distributions add a "+") -> `{ major: 1, minor: 29 }`. */
+export function parseServerVersion(info: { major: string; minor: string }): ServerVersion | undefined {
+  const major = Number.parseInt(info.major.replace(/\D/g, ""), 10);
+  const minor = Number.parseInt(info.minor.replace(/\D/g, ""), 10);
+  return Number.isFinite(major) && Number.isFinite(minor) ? { major, minor } : undefined;
+}
+
+export function useNativeSidecar(mode: OperatorConfig["sidecarMode"], version: ServerVersion): boolean {
+  if (mode !== "auto") return mode === "native";
+  return (
+    version.major > NATIVE_SIDECAR_SINCE.major ||
+    (version.major === NATIVE_SIDECAR_SINCE.major && version.minor >= NATIVE_SIDECAR_SINCE.minor)
+  );
+}
+
+/** The containers of the pod that are not ours. */
+export function appContainers(pod: V1PodSpec | undefined): V1Container[] {
+  return (pod?.containers ?? []).filter((c) => c.name !== SIDECAR_NAME);
+}
+
+export type UpstreamPort = { ok: true; port: number; names: string[] } | { ok: false; message: string };
+
+/**
+ * The number the sidecar forwards to: a number as given, a name resolved against the app containers'
+ * ports. `names` are the names that port goes by in the pod (a Service may target it by any of them).
+ */
+export function resolveUpstreamPort(pod: V1PodSpec | undefined, port: number | string): UpstreamPort {
+  const declared = appContainers(pod).flatMap((c) => c.ports ?? []);
+  if (typeof port === "number") {
+    const names = declared.filter((p) => p.containerPort === port && p.name).map((p) => p.name as string);
+    return { ok: true, port, names: [...new Set(names)].sort(compare) };
+  }
+  const match = declared.find((p) => p.name === port);
+  if (match === undefined) {
+    const known = declared.filter((p) => p.name).map((p) => `${p.name}=${p.containerPort}`);
+    return {
+      ok: false,
+      message: `upstream port ${JSON.stringify(port)} is not a named containerPort of the app containers (${
+        known.length > 0 ? `named ports: ${known.join(", ")}` : "they declare no named ports"
+      })`,
+    };
+  }
+  return resolveUpstreamPort(pod, match.containerPort);
+}
+
+/** Ports the sidecar binds that some app container already declares: the pod could not start. */
+export function portClashes(pod: V1PodSpec | undefined, spec: AccessPolicySpec): string[] {
+  const ours = new Set([spec.listener.port, spec.sidecar.adminPort]);
+  return appContainers(pod)
+    .flatMap((c) => (c.ports ?? []).map((p) => ({ container: c.name, port: p.containerPort })))
+    .filter((p) => ours.has(p.port))
+    .map((p) => `port ${p.port} is already declared by container ${JSON.stringify(p.container)}`);
+}
+
+/** Seconds the sidecar drains after SIGTERM: inside the grace period by the margin, never negative. */
+export function drainSeconds(graceSeconds: number | undefined, marginSeconds: number): number {
+  const grace = graceSeconds ?? DEFAULT_GRACE_SECONDS;
+  return grace > marginSeconds ? grace - marginSeconds : Math.floor(grace / 2);
+}
+
+export interface SidecarSettings {
+  upstreamPort: number;
+  drainSeconds: number;
+  native: boolean;
+}
+
+export function sidecarContainer(
+  spec: AccessPolicySpec,
+  settings: SidecarSettings,
+  config: OperatorConfig,
+): V1Container {
+  const adminProbe = (path: string) => ({ httpGet: { path, port: ADMIN_PORT_NAME, scheme: "HTTP" } });
+  const container: V1Container = {
+    name: SIDECAR_NAME,
+    image: spec.sidecar.image ?? config.proxyImage,
+    args: [
+      "--policy",
+      `${POLICY_DIR}/${POLICY_KEY}`,
+      "--upstream",
+      `http://127.0.0.1:${settings.upstreamPort}`,
+      "--listen",
+      `0.0.0.0:${spec.listener.port}`,
+      "--admin",
+      `0.0.0.0:${spec.sidecar.adminPort}`,
+    ],
+    env: [
+      { name: "PORTCULLIS_DRAIN_SECONDS", value: String(settings.drainSeconds) },
+      { name: "PORTCULLIS_LOG_LEVEL", value: spec.sidecar.logLevel ?? config.sidecarLogLevel },
+    ],
+    ports: [
+      { name: LISTENER_PORT_NAME, containerPort: spec.listener.port, protocol: "TCP" },
+      { name: ADMIN_PORT_NAME, containerPort: spec.sidecar.adminPort, protocol: "TCP" },
+    ],
+    // Generous: the first JWKS fetch may wait on a slow IdP; the app gets no traffic meanwhile.
+    startupProbe: { ...adminProbe("/readyz"), periodSeconds: 1, timeoutSeconds: 2, failureThreshold: 300 },
+    readinessProbe: { ...adminProbe("/readyz"), periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2 },
+    livenessProbe: { ...adminProbe("/healthz"), periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
+    resources: sidecarResources(spec, config),
+    securityContext: {
+      runAsNonRoot: true,
+      runAsUser: config.sidecarUser,
+      runAsGroup: config.sidecarUser,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    },
+    volumeMounts: [{ name: POLICY_VOLUME, mountPath: POLICY_DIR, readOnly: true }],
+  };
+  if (settings.native) container.restartPolicy = "Always";
+  return container;
+}
+
+/** Policy quantities over operator defaults, key by key; numbers become strings; keys sorted. */
+export function sidecarResources(
+  spec: AccessPolicySpec,
+  config: OperatorConfig,
+): { requests?: Record<string, string>; limits?: Record<string, string> } {
+  const merge = (defaults: Record<string, string>, overrides: Record<string, number | string> = {}) => {
+    const merged: Record<string, string> = { ...defaults };
+    for (const [name, value] of Object.entries(overrides)) merged[name] = String(value);
+    return Object.fromEntries(Object.entries(merged).sort(([a], [b]) => compare(a, b)));
+  };
+  const requests = merge(config.sidecarResources.requests, spec.sidecar.resources?.requests);
+  const limits = merge(config.sidecarResources.limits, spec.sidecar.resources?.limits);
+  const resources: { requests?: Record<string, string>; limits?: Record<string, string> } = {};
+  if (Object.keys(limits).length > 0) resources.limits = limits;
+  if (Object.keys(requests).length > 0) resources.requests = requests;
+  return resources;
+}
+
+/** The whole ConfigMap mounted as a directory (not subPath), so its updates reach the running proxy. */
+export function policyVolume(configMapName: string): V1Volume {
+  return { name: POLICY_VOLUME, configMap: { name: configMapName } };
+}
+
+/** Short, stable digest of what the pod runs; key order does not matter. */
+export function sidecarHash(container: V1Container, volume: V1Volume): string {
+  return createHash("sha256").update(canonicalJson({ container, volume })).digest("hex").slice(0, 16);
+}
+
+/** JSON with object keys sorted at every depth: equal values, equal text. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => compare(a, b)))
+      : v,
+  );
+}

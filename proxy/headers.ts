@@ -1,0 +1,375 @@
+// Header hygiene, request and response. One pass over `req.rawHeaders` (every copy, names as sent)
+// against a lookup table compiled once per policy:
+//   1. names nominated by the client's Connection header(s) are removed (RFC 9110 section 7.6.1);
+//   2. hop-by-hop headers are removed;
+//   3. every spelling (case, `_` or `.` for `-`, repeated) of an identity header, a configured extra
+//      header, an internal header or a header the proxy sets itself is removed;
+//   4. the proxy's own headers are appended AFTER that, so no nomination can strip them.
+// Identity header values are computed once per verified token (cached on the Identity object).
+
+import type { CompiledPolicy } from "../policy/compile.ts";
+import { readClaim } from "../policy/roles.ts";
+import { canonicalHeaderName } from "../policy/semantics.ts";
+import type { Identity } from "./authn/verify-bearer.ts";
+
+// What the request pass does with a header, by canonical name. Capturing kinds act only on the exact
+// spelling; a variant (`x_forwarded_for`) is simply dropped.
+const DROP = 1;
+const HOST = 2;
+const CONNECTION = 3;
+const FORWARDED_FOR = 4;
+const REQUEST_ID = 5;
+const TRACEPARENT = 6;
+const TRACESTATE = 7;
+const AUTHORIZATION = 8;
+const CONTENT_LENGTH = 9;
+const TRANSFER_ENCODING = 10;
+const UPGRADE = 11;
+
+/** Hop-by-hop request headers (RFC 9110 section 7.6.1, plus legacy and HTTP/2 ones). */
+const HOP_BY_HOP: readonly (readonly [string, number])[] = [
+  ["connection", CONNECTION],
+  ["proxy-connection", CONNECTION],
+  ["keep-alive", DROP],
+  ["transfer-encoding", TRANSFER_ENCODING],
+  ["te", DROP],
+  ["trailer", DROP],
+  ["upgrade", UPGRADE],
+  ["proxy-authorization", DROP],
+  ["expect", DROP],
+  ["http2-settings", DROP],
+];
+
+/** Headers the proxy sets itself: a client copy is never forwarded. */
+const PROXY_SET: readonly (readonly [string, number])[] = [
+  ["x-forwarded-for", FORWARDED_FOR],
+  ["x-forwarded-proto", DROP],
+  ["x-forwarded-host", DROP],
+  ["x-request-id", REQUEST_ID],
+  ["traceparent", TRACEPARENT],
+  ["tracestate", TRACESTATE],
+];
+
+/** Connection tokens that name nothing beyond the hop-by-hop headers already removed. */
+const PLAIN_CONNECTION_TOKENS = new Set(["close", "keep-alive", "upgrade", ""]);
+/** End-to-end framing and routing: a Connection nomination never removes these. */
+const NEVER_NOMINATED = new Set(["host", "content-length"]);
+
+const RESPONSE_HOP_BY_HOP = new Set([
+  "connection",
+  "proxy-connection",
+  "keep-alive",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "proxy-authenticate",
+  "http2-settings",
+  // Replaced by the proxy's own.
+  "x-request-id",
+]);
+
+const REQUEST_ID_FORMAT = /^[A-Za-z0-9._:-]{1,128}$/;
+// W3C Trace Context: version 00 exactly; later versions may append fields. Version ff is invalid.
+const TRACEPARENT_FORMAT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$/;
+const ZERO_TRACE_ID = "0".repeat(32);
+const ZERO_PARENT_ID = "0".repeat(16);
+/** Visible ASCII, inner spaces allowed: survives every HTTP stack unchanged. */
+const SAFE_HEADER_VALUE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+
+/** What the request pass needs from a policy, compiled once per CompiledPolicy. */
+export interface HeaderPlan {
+  readonly kinds: ReadonlyMap<string, number>;
+  /** Lower-case request id header names -> preference order. */
+  readonly requestIdIndex: ReadonlyMap<string, number>;
+  readonly requestIdCount: number;
+  readonly forwardAuthorization: boolean;
+  readonly identity: CompiledPolicy["identityHeaders"];
+}
+
+const plans = new WeakMap<CompiledPolicy, HeaderPlan>();
+
+export function headerPlan(policy: CompiledPolicy): HeaderPlan {
+  let plan = plans.get(policy);
+  if (plan === undefined) {
+    const kinds = new Map<string, number>();
+    for (const name of policy.strippedHeaders) kinds.set(name, DROP);
+    for (const [name, kind] of HOP_BY_HOP) kinds.set(name, kind);
+    for (const [name, kind] of PROXY_SET) kinds.set(name, kind);
+    kinds.set("host", HOST);
+    kinds.set("content-length", CONTENT_LENGTH);
+    kinds.set("authorization", AUTHORIZATION);
+    plan = {
+      kinds,
+      requestIdIndex: new Map(policy.requestIdHeaders.map((name, i) => [name, i])),
+      requestIdCount: policy.requestIdHeaders.length,
+      forwardAuthorization: policy.identityHeaders.forwardAuthorization,
+      identity: policy.identityHeaders,
+    };
+    plans.set(policy, plan);
+  }
+  return plan;
+}
+
+/** The result of one pass over the client's headers. */
+export interface InboundHeaders {
+  /** Surviving client headers, flat `[name, value, ...]`, names as sent. */
+  forward: string[];
+  host: string | undefined;
+  /** More than one Host or Content-Length: ambiguous framing or routing (RFC 9112 section 3.2, 6.3). */
+  ambiguous: boolean;
+  /** Every client X-Forwarded-For copy, joined; undefined when none (or nominated in Connection). */
+  forwardedFor: string | undefined;
+  /** The first well-formed inbound request id, by the policy's preference. */
+  requestId: string | undefined;
+  /** The inbound traceparent when it is valid W3C (and sent once). */
+  traceparent: string | undefined;
+  tracestate: string | undefined;
+  /** The request has a body to stream: a non-zero Content-Length, or a Transfer-Encoding. */
+  hasBody: boolean;
+  /** The Upgrade header's value (kept in `forward` only when asked for). */
+  upgrade: string | undefined;
+}
+
+/**
+ * Steps 1-3 over `raw` (Node's `req.rawHeaders`). `keepUpgrade` keeps the Upgrade header for the
+ * WebSocket path; everything else about the connection is the proxy's to set.
+ */
+export function readInboundHeaders(
+  raw: readonly string[],
+  plan: HeaderPlan,
+  keepUpgrade = false,
+): InboundHeaders {
+  const { kinds, requestIdIndex } = plan;
+  const forward: string[] = [];
+  let host: string | undefined;
+  let hosts = 0;
+  let lengths = 0;
+  let hasBody = false;
+  let forwardedFor: string | undefined;
+  let traceparent: string | undefined;
+  let traceparents = 0;
+  let tracestate: string | undefined;
+  let upgrade: string | undefined;
+  let nominated: Set<string> | undefined;
+  let requestIds: (string | undefined)[] | undefined;
+
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const value = raw[i + 1]!;
+    const lower = name.toLowerCase();
+    const idIndex = requestIdIndex.get(lower);
+    if (idIndex !== undefined) {
+      requestIds ??= new Array<string | undefined>(plan.requestIdCount);
+      requestIds[idIndex] ??= value;
+    }
+    const exact = lower.indexOf("_") === -1 && lower.indexOf(".") === -1;
+    const canonical = exact ? lower : canonicalHeaderName(lower);
+    const kind = kinds.get(canonical);
+    if (kind === undefined) {
+      forward.push(name, value);
+      continue;
+    }
+    if (!exact) continue;
+    switch (kind) {
+      case HOST:
+        hosts++;
+        host ??= value;
+        forward.push(name, value);
+        break;
+      case CONTENT_LENGTH:
+        lengths++;
+        if (value !== "0") hasBody = true;
+        forward.push(name, value);
+        break;
+      case TRANSFER_ENCODING:
+        hasBody = true;
+        break;
+      case CONNECTION:
+        nominated = nominate(value, nominated);
+        break;
+      case FORWARDED_FOR:
+        forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+        break;
+      case TRACEPARENT:
+        traceparents++;
+        traceparent = value;
+        break;
+      case TRACESTATE:
+        tracestate = tracestate === undefined ? value : `${tracestate},${value}`;
+        break;
+      case AUTHORIZATION:
+        if (plan.forwardAuthorization) forward.push(name, value);
+        break;
+      case UPGRADE:
+        upgrade ??= value;
+        if (keepUpgrade) forward.push(name, value);
+        break;
+      // DROP, REQUEST_ID: the proxy sets its own.
+    }
+  }
+
+  const inbound: InboundHeaders = {
+    forward,
+    host,
+    ambiguous: hosts > 1 || lengths > 1,
+    forwardedFor,
+    requestId: requestIds === undefined ? undefined : pickRequestId(requestIds, plan, nominated),
+    traceparent: traceparents === 1 && isValidTraceparent(traceparent) ? traceparent : undefined,
+    tracestate,
+    hasBody,
+    upgrade,
+  };
+  if (nominated !== undefined) applyNominations(inbound, nominated);
+  return inbound;
+}
+
+/** The first well-formed candidate, in the policy's order, from headers not nominated in Connection. */
+function pickRequestId(
+  candidates: readonly (string | undefined)[],
+  plan: HeaderPlan,
+  nominated: ReadonlySet<string> | undefined,
+): string | undefined {
+  for (const [name, index] of plan.requestIdIndex) {
+    const candidate = candidates[index];
+    if (candidate === undefined || !REQUEST_ID_FORMAT.test(candidate)) continue;
+    if (nominated?.has(canonicalHeaderName(name))) continue;
+    return candidate;
+  }
+  return undefined;
+}
+
+/** Adds the canonical names a Connection header value nominates (beyond the plain tokens). */
+function nominate(value: string, into: Set<string> | undefined): Set<string> | undefined {
+  let set = into;
+  for (const token of value.split(",")) {
+    const name = token.trim().toLowerCase();
+    if (PLAIN_CONNECTION_TOKENS.has(name)) continue;
+    const canonical = canonicalHeaderName(name);
+    if (NEVER_NOMINATED.has(canonical)) continue;
+    set ??= new Set();
+    set.add(canonical);
+  }
+  return set;
+}
+
+/** The rare path: the client nominated end-to-end headers as hop-by-hop, so they are not forwarded. */
+function applyNominations(inbound: InboundHeaders, nominated: ReadonlySet<string>): void {
+  const kept: string[] = [];
+  const { forward } = inbound;
+  for (let i = 0; i < forward.length; i += 2) {
+    const name = forward[i]!;
+    if (!nominated.has(canonicalHeaderName(name))) kept.push(name, forward[i + 1]!);
+  }
+  inbound.forward = kept;
+  if (nominated.has("x-forwarded-for")) inbound.forwardedFor = undefined;
+  if (nominated.has("traceparent")) inbound.traceparent = undefined;
+  if (nominated.has("tracestate")) inbound.tracestate = undefined;
+}
+
+function isValidTraceparent(value: string | undefined): value is string {
+  if (value === undefined) return false;
+  const m = TRACEPARENT_FORMAT.exec(value);
+  if (m === null) return false;
+  const version = m[1];
+  if (version === "ff") return false;
+  if (version === "00" && m[4] !== undefined) return false;
+  return m[2] !== ZERO_TRACE_ID && m[3] !== ZERO_PARENT_ID;
+}
+
+/** What the proxy adds to every forwarded request. */
+export interface ForwardContext {
+  peerAddress: string;
+  proto: "http" | "https";
+  requestId: string;
+  traceparent: string;
+}
+
+/**
+ * The headers sent upstream: the surviving client headers, then the proxy's own (one copy each):
+ * X-Forwarded-For/-Proto/-Host, X-Request-Id, traceparent (+ tracestate), the identity headers.
+ */
+export function forwardHeaders(
+  inbound: InboundHeaders,
+  context: ForwardContext,
+  identity: readonly string[],
+): string[] {
+  const out = inbound.forward;
+  out.push(
+    "x-forwarded-for",
+    inbound.forwardedFor === undefined
+      ? context.peerAddress
+      : `${inbound.forwardedFor}, ${context.peerAddress}`,
+    "x-forwarded-proto",
+    context.proto,
+  );
+  if (inbound.host !== undefined) out.push("x-forwarded-host", inbound.host);
+  out.push("x-request-id", context.requestId, "traceparent", context.traceparent);
+  // A tracestate belongs to the trace it came with; a new trace starts without one.
+  if (inbound.tracestate !== undefined && inbound.traceparent === context.traceparent) {
+    out.push("tracestate", inbound.tracestate);
+  }
+  for (let i = 0; i < identity.length; i++) out.push(identity[i]!);
+  return out;
+}
+
+const identityCache = new WeakMap<Identity, { plan: HeaderPlan; headers: readonly string[] }>();
+
+/**
+ * The identity headers for a verified token, flat `[name, value, ...]`, each name at most once.
+ * A value that is empty or carries characters outside visible ASCII is not sent at all.
+ */
+export function identityHeaders(plan: HeaderPlan, identity: Identity): readonly string[] {
+  const cached = identityCache.get(identity);
+  if (cached !== undefined && cached.plan === plan) return cached.headers;
+  const names = plan.identity;
+  const headers: string[] = [];
+  const add = (name: string, value: string | undefined) => {
+    if (value !== undefined && SAFE_HEADER_VALUE.test(value)) headers.push(name, value);
+  };
+  add(names.subject, identity.subject);
+  add(names.roles, [...identity.roles].sort().join(","));
+  add(names.scopes, identity.scopes.join(" "));
+  add(names.clientId, identity.clientId);
+  add(names.issuer, identity.issuer);
+  for (const [claim, header] of names.claims) {
+    const value = readClaim(identity.claims, claim);
+    if (typeof value === "string") add(header, value);
+    else if (typeof value === "number" && Number.isFinite(value)) add(header, String(value));
+  }
+  identityCache.set(identity, { plan, headers });
+  return headers;
+}
+
+/**
+ * The upstream's response headers as sent to the client: hop-by-hop ones (and any the upstream's
+ * Connection header nominates) removed, X-Request-Id set to the proxy's. `raw` is undici's raw list.
+ */
+export function responseHeaders(raw: readonly (Buffer | string)[], requestId: string): string[] {
+  const out: string[] = [];
+  let nominated: Set<string> | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString("latin1");
+    const lower = name.toLowerCase();
+    if (RESPONSE_HOP_BY_HOP.has(lower)) {
+      if (lower === "connection") {
+        for (const token of raw[i + 1]!.toString("latin1").split(",")) {
+          const nominee = token.trim().toLowerCase();
+          if (PLAIN_CONNECTION_TOKENS.has(nominee)) continue;
+          nominated ??= new Set();
+          nominated.add(nominee);
+        }
+      }
+      continue;
+    }
+    out.push(name, raw[i + 1]!.toString("latin1"));
+  }
+  if (nominated !== undefined) {
+    for (let i = out.length - 2; i >= 0; i -= 2) {
+      const lower = out[i]!.toLowerCase();
+      if (nominated.has(lower) && lower !== "content-length") out.splice(i, 2);
+    }
+  }
+  out.push("x-request-id", requestId);
+  return out;
+}

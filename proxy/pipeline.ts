@@ -1,0 +1,397 @@
+// The request path as a short pipeline of named steps:
+//   readInboundHeaders -> requestIdFor / traceparentFor -> parseTarget -> matchRule
+//   -> [public: forward | deny rule: 403] -> readBearer -> verifyBearer -> authorizeRoles
+//   -> checkRateLimit -> forward
+// Every refusal answers with a problem and never forwards. The runtime (policy + verifier) is read once,
+// at the start, and used for every step of the request.
+
+import { randomFillSync } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { TLSSocket } from "node:tls";
+import type pino from "pino";
+import type { Dispatcher } from "undici";
+import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
+import { type Credential, readCredential } from "./authn/credential.ts";
+import type { BearerVerifier, Identity, Verification } from "./authn/verify-bearer.ts";
+import { type ForwardOutcome, forward } from "./forward.ts";
+import {
+  forwardHeaders,
+  type HeaderPlan,
+  headerPlan,
+  type InboundHeaders,
+  identityHeaders,
+  readInboundHeaders,
+} from "./headers.ts";
+import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
+import { parseRequestTarget, type RequestTarget } from "./request-target.ts";
+import type { ProxyRuntime } from "./runtime.ts";
+
+export interface RequestMetrics {
+  requestCompleted(event: {
+    rule: string;
+    decision: string;
+    status: number;
+    seconds: number;
+    upstreamSeconds?: number;
+  }): void;
+}
+
+/** What every request shares: built once by createProxyServer. */
+export interface ProxyContext {
+  readonly current: () => ProxyRuntime;
+  readonly pool: Dispatcher;
+  readonly upstream: URL;
+  readonly logger: pino.Logger;
+  readonly metrics: RequestMetrics | undefined;
+  /** HTTP requests received and not yet answered (upgraded connections are not counted). */
+  inFlight: number;
+}
+
+/**
+ * allow: forwarded; deny: 403; unauthenticated: 401; invalid: 400; error: the proxy or the upstream
+ * failed (5xx, or the client left).
+ */
+export type Decision = "allow" | "deny" | "unauthenticated" | "invalid" | "error";
+
+/** The access log record of one request, filled in as the steps run. */
+export interface Exchange {
+  requestId: string;
+  method: string;
+  /** Decoded, without the query; undefined when the target was refused. */
+  path: string | undefined;
+  rule: string | undefined;
+  decision: Decision;
+  reason: string;
+  subject: string | undefined;
+  clientId: string | undefined;
+  roles: readonly string[] | undefined;
+  /** performance.now() at arrival. */
+  start: number;
+  /** Counted in ProxyContext.inFlight until completed (HTTP requests; not upgrades). */
+  counted: boolean;
+  completed: boolean;
+}
+
+/** The rule label of requests no rule matched (rule names are DNS labels: no clash). */
+export const NO_RULE = "(none)";
+
+// ---- request id and trace context ----------------------------------------------------------------
+
+// One entropy buffer refilled in bulk: a random id costs a hex encode, not a syscall.
+const entropy = Buffer.allocUnsafe(4096);
+let entropyOffset = entropy.length;
+
+function randomHex(bytes: number): string {
+  if (entropyOffset + bytes > entropy.length) {
+    randomFillSync(entropy);
+    entropyOffset = 0;
+  }
+  const hex = entropy.toString("hex", entropyOffset, entropyOffset + bytes);
+  entropyOffset += bytes;
+  return hex;
+}
+
+export function newRequestId(): string {
+  return randomHex(16);
+}
+
+/** The well-formed inbound id (see readInboundHeaders), else a new random one. */
+export function requestIdFor(inbound: InboundHeaders): string {
+  return inbound.requestId ?? newRequestId();
+}
+
+/**
+ * The inbound traceparent when valid, else a new trace. Sampled flag set: a parent-based sampler in
+ * the app then keeps its traces, instead of silently dropping every request that arrived untraced.
+ */
+export function traceparentFor(inbound: InboundHeaders): string {
+  return inbound.traceparent ?? `00-${randomHex(16)}-${randomHex(8)}-01`;
+}
+
+// ---- steps ------------------------------------------------------------------------------------
+
+/** Origin-form only; the path decoded the way the app will route it. */
+export function parseTarget(url: string | undefined): RequestTarget {
+  if (url === undefined) return { ok: false, reason: "no request target" };
+  return parseRequestTarget(url);
+}
+
+export function matchRule(policy: CompiledPolicy, method: string, path: string): CompiledRule | undefined {
+  return policy.matchRule(method, path)?.rule;
+}
+
+export function readBearer(req: IncomingMessage, query: string): Credential {
+  return readCredential(req, query);
+}
+
+export function verifyBearer(verifier: BearerVerifier, token: string): Promise<Verification> {
+  return verifier.verify(token);
+}
+
+export function authorizeRoles(
+  rule: CompiledRule | undefined,
+  policy: CompiledPolicy,
+  identity: Identity,
+): Authorization {
+  return authorize(rule, policy.defaultAction, identity.roles);
+}
+
+export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfterSeconds: number };
+
+const ALLOWED: RateLimitDecision = { allowed: true };
+
+/** The rate-limit step. Currently allows everything: limits plug in here. */
+export function checkRateLimit(
+  _rule: CompiledRule | undefined,
+  _identity: Identity | undefined,
+  _req: IncomingMessage,
+): RateLimitDecision {
+  return ALLOWED;
+}
+
+// ---- admission: the steps from rule match to rate limit, shared with WebSocket upgrades -----------
+
+export type Admission =
+  | { admitted: true; identity: Identity | undefined }
+  | { admitted: false; problem: Problem };
+
+const PUBLIC: Admission = { admitted: true, identity: undefined };
+
+function refusal(exchange: Exchange, decision: Decision, reason: string, problem: Problem): Admission {
+  exchange.decision = decision;
+  exchange.reason = reason;
+  return { admitted: false, problem };
+}
+
+/** Decides whether the request is forwarded; records the decision on `exchange`. */
+export function admit(
+  runtime: ProxyRuntime,
+  req: IncomingMessage,
+  exchange: Exchange,
+  target: { path: string; query: string },
+): Admission | Promise<Admission> {
+  const { policy } = runtime;
+  const rule = matchRule(policy, exchange.method, target.path);
+  exchange.rule = rule?.name;
+  if (rule?.action.kind === "public") {
+    exchange.decision = "allow";
+    exchange.reason = "public";
+    const limited = checkRateLimit(rule, undefined, req);
+    return limited.allowed ? PUBLIC : refusal(exchange, "deny", "rate-limited", PROBLEMS.tooManyRequests);
+  }
+  if (rule?.action.kind === "deny") return refusal(exchange, "deny", "deny-rule", PROBLEMS.forbidden);
+
+  const credential = readBearer(req, target.query);
+  if (credential.kind === "none") {
+    return refusal(exchange, "unauthenticated", "no-credential", PROBLEMS.missingToken);
+  }
+  if (credential.kind === "invalid") {
+    const problem =
+      credential.status === 400
+        ? PROBLEMS.invalidRequest
+        : credential.error === "invalid_token"
+          ? PROBLEMS.invalidToken
+          : PROBLEMS.missingToken;
+    return refusal(
+      exchange,
+      credential.status === 400 ? "invalid" : "unauthenticated",
+      credential.reason,
+      problem,
+    );
+  }
+  return verifyBearer(runtime.verifier, credential.token).then((verification) => {
+    if (!verification.ok) {
+      return refusal(exchange, "unauthenticated", verification.reason, PROBLEMS.invalidToken);
+    }
+    const { identity } = verification;
+    exchange.subject = identity.subject;
+    exchange.clientId = identity.clientId;
+    exchange.roles = identity.roles;
+    const authorization = authorizeRoles(rule, policy, identity);
+    if (!authorization.allow) {
+      return refusal(exchange, "deny", authorization.reason, PROBLEMS.insufficientScope);
+    }
+    const limited = checkRateLimit(rule, identity, req);
+    if (!limited.allowed) return refusal(exchange, "deny", "rate-limited", PROBLEMS.tooManyRequests);
+    exchange.decision = "allow";
+    exchange.reason = authorization.reason;
+    return { admitted: true, identity };
+  });
+}
+
+// ---- the HTTP request handler ---------------------------------------------------------------------
+
+export function newExchange(requestId: string, method: string, start: number, counted: boolean): Exchange {
+  return {
+    requestId,
+    method,
+    path: undefined,
+    rule: undefined,
+    decision: "invalid",
+    reason: "",
+    subject: undefined,
+    clientId: undefined,
+    roles: undefined,
+    start,
+    counted,
+    completed: false,
+  };
+}
+
+/**
+ * Ends a request once (whatever path gets here first): the one access log line and metric. Never the
+ * token, never query values.
+ */
+export function completeExchange(
+  ctx: ProxyContext,
+  exchange: Exchange,
+  status: number,
+  upstreamMs: number | undefined,
+  failure?: string,
+): void {
+  if (exchange.completed) return;
+  exchange.completed = true;
+  if (exchange.counted) ctx.inFlight--;
+  const latencyMs = performance.now() - exchange.start;
+  const rule = exchange.rule ?? NO_RULE;
+  ctx.logger.info(
+    {
+      requestId: exchange.requestId,
+      method: exchange.method,
+      path: exchange.path,
+      rule,
+      decision: exchange.decision,
+      reason: exchange.reason,
+      subject: exchange.subject,
+      clientId: exchange.clientId,
+      roles: exchange.roles,
+      status,
+      latencyMs: Math.round(latencyMs * 1000) / 1000,
+      upstreamMs: upstreamMs === undefined ? undefined : Math.round(upstreamMs * 1000) / 1000,
+      failure,
+    },
+    "request",
+  );
+  ctx.metrics?.requestCompleted({
+    rule,
+    decision: exchange.decision,
+    status,
+    seconds: latencyMs / 1000,
+    ...(upstreamMs === undefined ? {} : { upstreamSeconds: upstreamMs / 1000 }),
+  });
+}
+
+/** Answers with a problem (never forwarding) and completes the request. */
+function refuse(
+  ctx: ProxyContext,
+  res: ServerResponse,
+  exchange: Exchange,
+  problem: Problem,
+  inbound: InboundHeaders,
+): void {
+  // An unread body is not drained just to keep the connection: close it after the answer.
+  sendProblem(res, problem, exchange.requestId, inbound.hasBody);
+  completeExchange(ctx, exchange, problem.status, undefined);
+}
+
+/** A bug or an unexpected rejection: 500 if nothing was sent yet, never a stack trace. */
+function fail(ctx: ProxyContext, res: ServerResponse, exchange: Exchange, error: unknown): void {
+  if (exchange.completed) return;
+  ctx.logger.error({ err: error, requestId: exchange.requestId }, "request failed");
+  exchange.decision = "error";
+  exchange.reason = "internal";
+  if (!res.headersSent) sendProblem(res, PROBLEMS.internal, exchange.requestId, true);
+  else res.destroy();
+  completeExchange(ctx, exchange, 500, undefined);
+}
+
+export function peerAddress(req: IncomingMessage): string {
+  return req.socket.remoteAddress ?? "unknown";
+}
+
+export function protoOf(req: IncomingMessage): "http" | "https" {
+  return (req.socket as Partial<TLSSocket>).encrypted === true ? "https" : "http";
+}
+
+/** The headers sent upstream for an admitted request. */
+export function upstreamHeaders(
+  req: IncomingMessage,
+  plan: HeaderPlan,
+  inbound: InboundHeaders,
+  requestId: string,
+  identity: Identity | undefined,
+): string[] {
+  return forwardHeaders(
+    inbound,
+    {
+      peerAddress: peerAddress(req),
+      proto: protoOf(req),
+      requestId,
+      traceparent: traceparentFor(inbound),
+    },
+    identity === undefined ? [] : identityHeaders(plan, identity),
+  );
+}
+
+export function handleRequest(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse): void {
+  const start = performance.now();
+  ctx.inFlight++;
+  let exchange: Exchange | undefined;
+  try {
+    const runtime = ctx.current();
+    const plan = headerPlan(runtime.policy);
+    const inbound = readInboundHeaders(req.rawHeaders, plan);
+    const admitted = newExchange(requestIdFor(inbound), req.method ?? "", start, true);
+    exchange = admitted;
+    if (inbound.ambiguous) {
+      admitted.reason = "ambiguous-headers";
+      refuse(ctx, res, admitted, PROBLEMS.badRequest, inbound);
+      return;
+    }
+    const target = parseTarget(req.url);
+    if (!target.ok) {
+      admitted.reason = target.reason;
+      refuse(ctx, res, admitted, PROBLEMS.badTarget, inbound);
+      return;
+    }
+    admitted.path = target.path;
+    const proceed = (decided: Admission): void => {
+      if (!decided.admitted) {
+        refuse(ctx, res, admitted, decided.problem, inbound);
+        return;
+      }
+      if (res.destroyed || req.socket.destroyed) {
+        // The client left while its token was being verified.
+        admitted.decision = "error";
+        admitted.reason = "client-aborted";
+        completeExchange(ctx, admitted, 499, undefined);
+        return;
+      }
+      forward(
+        ctx.pool,
+        res,
+        {
+          method: admitted.method,
+          path: target.query === "" ? target.rawPath : `${target.rawPath}?${target.query}`,
+          headers: upstreamHeaders(req, plan, inbound, admitted.requestId, decided.identity),
+          body: inbound.hasBody ? req : null,
+          headersTimeoutMs: runtime.policy.upstreamTimeoutMs,
+          requestId: admitted.requestId,
+        },
+        (outcome: ForwardOutcome) => {
+          if (outcome.failure !== undefined) admitted.decision = "error";
+          completeExchange(ctx, admitted, outcome.status, outcome.upstreamMs, outcome.failure);
+        },
+      );
+    };
+    const admission = admit(runtime, req, admitted, target);
+    if (admission instanceof Promise) {
+      admission.then(proceed).catch((error: unknown) => fail(ctx, res, admitted, error));
+    } else {
+      proceed(admission);
+    }
+  } catch (error) {
+    exchange ??= newExchange(newRequestId(), req.method ?? "", start, true);
+    fail(ctx, res, exchange, error);
+  }
+}

@@ -63,7 +63,8 @@ if [[ ! -x "$out/kube-apiserver" ]]; then
     # v0.0.0-master and version-gated code in clients would take the wrong branch.
     minor="${KUBERNETES_VERSION#*.}"
     minor="${minor%%.*}"
-    build_date="$(go list -m -json k8s.io/kubernetes | jq -r '.Time // "1970-01-01T00:00:00Z"')"
+    # The release's publication time, not now: the same inputs give the same binary.
+    build_date="$(go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' k8s.io/kubernetes)"
     x=""
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       x+=" -X ${pkg}.gitVersion=v${KUBERNETES_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"

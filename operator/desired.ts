@@ -67,8 +67,9 @@ export interface ReconcileInput {
   failedDeployments?: Readonly<Record<string, string>>;
 }
 
-/** Server-side apply bodies: ONLY the fields the operator owns. */
-export interface DeploymentApply {
+/** Server-side apply bodies: ONLY the fields the operator owns. Type aliases (not interfaces) so they
+ * fit index-signature object types such as kube-client's KubeObject. */
+export type DeploymentApply = {
   apiVersion: "apps/v1";
   kind: "Deployment";
   metadata: { name: string; namespace: string; annotations?: Record<string, string> };
@@ -78,22 +79,22 @@ export interface DeploymentApply {
       spec: { initContainers?: V1Container[]; containers?: V1Container[]; volumes: V1Volume[] };
     };
   };
-}
+};
 
-export interface ServicePortApply {
+export type ServicePortApply = {
   port: number;
   protocol: string;
   targetPort: number | string;
-}
+};
 
-export interface ServiceApply {
+export type ServiceApply = {
   apiVersion: "v1";
   kind: "Service";
   metadata: { name: string; namespace: string; annotations?: Record<string, string> };
   spec: { ports: ServicePortApply[] };
-}
+};
 
-export interface ConfigMapApply {
+export type ConfigMapApply = {
   apiVersion: "v1";
   kind: "ConfigMap";
   metadata: {
@@ -103,7 +104,7 @@ export interface ConfigMapApply {
     ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller: true }[];
   };
   data: Record<string, string>;
-}
+};
 
 export interface Intent<Body> {
   name: string;

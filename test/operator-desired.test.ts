@@ -1,0 +1,999 @@
+// The reconcile core, pure: fixture objects in, apply bodies, status and events out. A small fake of
+// server-side apply (test-only) feeds the output back in to check that a second reconcile is silent.
+
+import type { V1ConfigMap, V1Container, V1Deployment, V1Service } from "@kubernetes/client-node";
+import { describe, expect, it } from "vitest";
+import {
+  FINALIZER,
+  type OperatorConfig,
+  ORIGINAL_TARGET_PORTS_ANNOTATION,
+  POLICY_ANNOTATION,
+  POLICY_VOLUME,
+  readOperatorConfig,
+  SIDECAR_HASH_ANNOTATION,
+  SIDECAR_NAME,
+} from "../operator/config.ts";
+import {
+  type DeploymentApply,
+  desired,
+  policiesForDeployment,
+  type ReconcileInput,
+  type ReconcileOutput,
+} from "../operator/desired.ts";
+import {
+  drainSeconds,
+  parseServerVersion,
+  resolveUpstreamPort,
+  useNativeSidecar,
+} from "../operator/sidecar.ts";
+import type { AccessPolicy } from "../policy/schema.ts";
+import { validatePolicyObject, validatePolicyText } from "../policy/validate.ts";
+
+const NS = "shop";
+const NOW = "2025-06-01T10:00:00Z";
+const LATER = "2025-06-01T11:00:00Z";
+const V1_35 = { major: 1, minor: 35 };
+const V1_28 = { major: 1, minor: 28 };
+
+function operatorConfig(argv: string[] = []): OperatorConfig {
+  const config = readOperatorConfig(argv, {});
+  if ("error" in config || "help" in config) throw new Error("bad test config");
+  return config;
+}
+const CONFIG = operatorConfig(["--identity", "test"]);
+
+// --- fixtures ---------------------------------------------------------------------------------
+
+const SPEC = {
+  selector: { matchLabels: { app: "orders-api" } },
+  upstream: { port: "http" },
+  authentication: { issuers: [{ issuer: "https://idp.example.com", audiences: ["api://orders"] }] },
+  authorization: {
+    rules: [
+      { name: "health", paths: ["/healthz"], methods: ["GET"], public: true },
+      { name: "read", paths: ["/orders"], methods: ["GET"], anyRole: ["reader"] },
+    ],
+  },
+  sidecar: { resources: { limits: { memory: "96Mi" } } },
+};
+
+function policy(
+  name = "orders-api",
+  changes: {
+    spec?: Record<string, unknown>;
+    created?: string;
+    generation?: number;
+    deleting?: boolean;
+    finalizers?: string[];
+  } = {},
+): AccessPolicy {
+  const raw = {
+    apiVersion: "portcullis.dev/v1alpha1",
+    kind: "AccessPolicy",
+    spec: { ...SPEC, ...changes.spec },
+  };
+  // As the API server serves it: defaulted by the CRD schema.
+  const checked = validatePolicyObject(raw).policy;
+  const spec = checked?.spec ?? (raw.spec as unknown as AccessPolicy["spec"]);
+  return {
+    apiVersion: "portcullis.dev/v1alpha1",
+    kind: "AccessPolicy",
+    metadata: {
+      name,
+      namespace: NS,
+      uid: `uid-${name}`,
+      generation: changes.generation ?? 1,
+      creationTimestamp: changes.created ?? "2025-01-01T00:00:00Z",
+      finalizers: changes.finalizers ?? [FINALIZER],
+      ...(changes.deleting ? { deletionTimestamp: "2025-06-01T09:00:00Z" } : {}),
+    },
+    spec,
+  };
+}
+
+function deployment(
+  name = "orders-api",
+  labels: Record<string, string> = { app: "orders-api" },
+): V1Deployment {
+  return {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name, namespace: NS, uid: `uid-deploy-${name}`, labels: { app: name } },
+    spec: {
+      replicas: 2,
+      selector: { matchLabels: labels },
+      template: {
+        metadata: { labels },
+        spec: {
+          containers: [
+            {
+              name: "app",
+              image: "ghcr.io/portcullis-dev/orders-api:0.1.0",
+              ports: [
+                { name: "http", containerPort: 8000, protocol: "TCP" },
+                { name: "metrics", containerPort: 9090, protocol: "TCP" },
+              ],
+            },
+          ],
+        },
+      },
+    },
+  };
+}
+
+function service(
+  name = "orders-api",
+  ports: { port: number; targetPort?: number | string; name?: string }[] = [
+    { name: "http", port: 80, targetPort: "http" },
+  ],
+  selector: Record<string, string> = { app: "orders-api" },
+): V1Service {
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { name, namespace: NS, labels: { app: name } },
+    spec: { selector, ports: ports.map((p) => ({ protocol: "TCP", ...p })) },
+  };
+}
+
+function input(changes: Partial<ReconcileInput> = {}): ReconcileInput {
+  const p = changes.policy ?? policy();
+  return {
+    policy: p,
+    policiesInNamespace: [p],
+    deployments: [deployment()],
+    services: [service()],
+    serverVersion: V1_35,
+    now: NOW,
+    ...changes,
+  };
+}
+
+const sidecarOf = (out: ReconcileOutput, name = "orders-api"): V1Container => {
+  const spec = out.deployments.find((d) => d.name === name)?.body.spec?.template.spec;
+  const container = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])][0];
+  if (container === undefined) throw new Error(`no sidecar for ${name}`);
+  return container;
+};
+
+// --- a test-only fake of what the API server does with the output ------------------------------
+
+interface World {
+  policy: AccessPolicy;
+  deployments: V1Deployment[];
+  services: V1Service[];
+  configMap?: V1ConfigMap;
+}
+
+function applyOutput(world: World, out: ReconcileOutput): World {
+  const next: World = structuredClone(world);
+  next.deployments = next.deployments.map((d) => {
+    const intent = out.deployments.find((i) => i.name === d.metadata?.name);
+    return intent === undefined ? d : applyDeployment(d, intent.body);
+  });
+  next.services = next.services.map((s) => {
+    const intent = out.services.find((i) => i.name === s.metadata?.name);
+    if (intent === undefined) return s;
+    const copy = structuredClone(s);
+    const annotations = { ...copy.metadata?.annotations };
+    delete annotations[POLICY_ANNOTATION];
+    delete annotations[ORIGINAL_TARGET_PORTS_ANNOTATION];
+    copy.metadata = {
+      ...copy.metadata,
+      annotations: { ...annotations, ...intent.body.metadata.annotations },
+    };
+    if (Object.keys(copy.metadata.annotations ?? {}).length === 0) delete copy.metadata.annotations;
+    for (const p of intent.body.spec.ports) {
+      const port = copy.spec?.ports?.find((q) => q.port === p.port && (q.protocol ?? "TCP") === p.protocol);
+      if (port) port.targetPort = p.targetPort;
+    }
+    return copy;
+  });
+  if (out.configMap) {
+    const { metadata, data } = out.configMap.body;
+    next.configMap = {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { ...metadata, resourceVersion: "1" },
+      data,
+    };
+  }
+  if (out.deleteConfigMap) delete next.configMap;
+  const finalizers = new Set(next.policy.metadata.finalizers ?? []);
+  if (out.finalizer === "add") finalizers.add(FINALIZER);
+  if (out.finalizer === "remove") finalizers.delete(FINALIZER);
+  next.policy.metadata.finalizers = [...finalizers];
+  next.policy.status = structuredClone(out.status);
+  return next;
+}
+
+/** Server-side apply of our intent, for our fields only: the previous ones go, the new ones land. */
+function applyDeployment(d: V1Deployment, body: DeploymentApply): V1Deployment {
+  const copy = structuredClone(d);
+  const meta = copy.metadata ?? {};
+  const annotations = { ...meta.annotations };
+  delete annotations[POLICY_ANNOTATION];
+  copy.metadata = { ...meta, annotations: { ...annotations, ...body.metadata.annotations } };
+  const template = copy.spec?.template;
+  if (!template?.spec) throw new Error("fixture without a pod spec");
+  const templateAnnotations = { ...template.metadata?.annotations };
+  delete templateAnnotations[SIDECAR_HASH_ANNOTATION];
+  template.metadata = {
+    ...template.metadata,
+    annotations: { ...templateAnnotations, ...body.spec?.template.metadata.annotations },
+  };
+  const pod = template.spec;
+  pod.containers = pod.containers.filter((c) => c.name !== SIDECAR_NAME);
+  pod.initContainers = (pod.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
+  pod.volumes = (pod.volumes ?? []).filter((v) => v.name !== POLICY_VOLUME);
+  const ours = body.spec?.template.spec;
+  if (ours) {
+    pod.containers.push(...(ours.containers ?? []));
+    pod.initContainers.push(...(ours.initContainers ?? []));
+    pod.volumes.push(...ours.volumes);
+  }
+  if (pod.initContainers.length === 0) delete pod.initContainers;
+  if (Object.keys(copy.metadata.annotations ?? {}).length === 0) delete copy.metadata.annotations;
+  if (Object.keys(template.metadata.annotations ?? {}).length === 0) delete template.metadata.annotations;
+  if (pod.volumes.length === 0) delete pod.volumes;
+  return copy;
+}
+
+function reconcile(world: World, changes: Partial<ReconcileInput> = {}): ReconcileOutput {
+  return desired(
+    input({
+      policy: world.policy,
+      policiesInNamespace: [world.policy],
+      deployments: world.deployments,
+      services: world.services,
+      configMap: world.configMap,
+      ...changes,
+    }),
+    CONFIG,
+  );
+}
+
+function expectQuiet(out: ReconcileOutput): void {
+  expect(out.events).toEqual([]);
+  expect(out.statusUpToDate).toBe(true);
+  expect(out.finalizer).toBe("none");
+  for (const intent of [...out.deployments, ...out.services]) expect(intent.upToDate).toBe(true);
+  if (out.configMap) expect(out.configMap.upToDate).toBe(true);
+}
+
+// --- the sidecar ------------------------------------------------------------------------------
+
+describe("the sidecar on a selected Deployment", () => {
+  const out = desired(input(), CONFIG);
+  const intent = out.deployments[0];
+
+  it("applies only the operator's fields: annotation, hash, native sidecar, volume", () => {
+    expect(out.deployments.map((d) => d.name)).toEqual(["orders-api"]);
+    const body = intent?.body;
+    expect(Object.keys(body ?? {})).toEqual(["apiVersion", "kind", "metadata", "spec"]);
+    expect(body?.metadata).toEqual({
+      name: "orders-api",
+      namespace: NS,
+      annotations: { [POLICY_ANNOTATION]: "orders-api" },
+    });
+    const template = body?.spec?.template;
+    expect(Object.keys(template ?? {})).toEqual(["metadata", "spec"]);
+    expect(template?.metadata.annotations[SIDECAR_HASH_ANNOTATION]).toMatch(/^[0-9a-f]{16}$/);
+    expect(Object.keys(template?.spec ?? {})).toEqual(["initContainers", "volumes"]);
+    expect(template?.spec.volumes).toEqual([
+      { name: POLICY_VOLUME, configMap: { name: "portcullis-orders-api" } },
+    ]);
+    expect(intent?.release).toBe(false);
+    expect(intent?.upToDate).toBe(false);
+  });
+
+  it("runs the proxy against the ConfigMap directory and the resolved upstream port", () => {
+    const c = sidecarOf(out);
+    expect(c.name).toBe("portcullis");
+    expect(c.image).toBe(CONFIG.proxyImage);
+    expect(c.restartPolicy).toBe("Always");
+    expect(c.args).toEqual([
+      "--policy",
+      "/etc/portcullis/policy.yaml",
+      "--upstream",
+      "http://127.0.0.1:8000",
+      "--listen",
+      "0.0.0.0:8080",
+      "--admin",
+      "0.0.0.0:9901",
+    ]);
+    expect(c.ports).toEqual([
+      { name: "portcullis", containerPort: 8080, protocol: "TCP" },
+      { name: "portcullis-adm", containerPort: 9901, protocol: "TCP" },
+    ]);
+    for (const port of c.ports ?? []) expect(port.name?.length).toBeLessThanOrEqual(15);
+    expect(c.volumeMounts).toEqual([{ name: POLICY_VOLUME, mountPath: "/etc/portcullis", readOnly: true }]);
+    expect(c.env).toEqual([
+      { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
+      { name: "PORTCULLIS_LOG_LEVEL", value: "info" },
+    ]);
+  });
+
+  it("probes the admin port: startup and readiness on /readyz, liveness on /healthz", () => {
+    const c = sidecarOf(out);
+    expect(c.startupProbe?.httpGet).toEqual({ path: "/readyz", port: "portcullis-adm", scheme: "HTTP" });
+    expect(
+      (c.startupProbe?.failureThreshold ?? 0) * (c.startupProbe?.periodSeconds ?? 0),
+    ).toBeGreaterThanOrEqual(120);
+    expect(c.readinessProbe?.httpGet?.path).toBe("/readyz");
+    expect(c.readinessProbe?.httpGet?.port).toBe("portcullis-adm");
+    expect(c.livenessProbe?.httpGet?.path).toBe("/healthz");
+    expect(c.livenessProbe?.httpGet?.port).toBe("portcullis-adm");
+  });
+
+  it("has a restrictive security context", () => {
+    expect(sidecarOf(out).securityContext).toEqual({
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      runAsGroup: 65532,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+  });
+
+  it("takes resources from the policy over the operator's defaults, key by key", () => {
+    expect(sidecarOf(out).resources).toEqual({
+      limits: { memory: "96Mi" },
+      requests: { cpu: "50m", memory: "64Mi" },
+    });
+  });
+
+  it("takes image and log level from the policy when set", () => {
+    const p = policy("orders-api", {
+      spec: { sidecar: { image: "registry.local/proxy:dev", logLevel: "debug" } },
+    });
+    const c = sidecarOf(desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG));
+    expect(c.image).toBe("registry.local/proxy:dev");
+    expect(c.env).toContainEqual({ name: "PORTCULLIS_LOG_LEVEL", value: "debug" });
+    expect(c.resources?.limits).toEqual({ memory: "128Mi" });
+  });
+
+  it("fits the drain into the pod's termination grace period", () => {
+    const d = deployment();
+    if (d.spec?.template.spec) d.spec.template.spec.terminationGracePeriodSeconds = 60;
+    const c = sidecarOf(desired(input({ deployments: [d] }), CONFIG));
+    expect(c.env).toContainEqual({ name: "PORTCULLIS_DRAIN_SECONDS", value: "55" });
+    expect(drainSeconds(undefined, 5)).toBe(25);
+    expect(drainSeconds(3, 5)).toBe(1);
+    expect(drainSeconds(0, 5)).toBe(0);
+  });
+
+  it("never puts an ownerReference on the Deployment", () => {
+    expect(JSON.stringify(out.deployments)).not.toContain("ownerReferences");
+  });
+});
+
+describe("native sidecar or plain container", () => {
+  const listsFor = (serverVersion: { major: number; minor: number }, config = CONFIG) => {
+    const spec = desired(input({ serverVersion }), config).deployments[0]?.body.spec?.template.spec;
+    return { init: spec?.initContainers?.length ?? 0, plain: spec?.containers?.length ?? 0, spec };
+  };
+
+  it("is an init container with restartPolicy Always from 1.29 on, a container before", () => {
+    expect(listsFor({ major: 1, minor: 29 })).toMatchObject({ init: 1, plain: 0 });
+    expect(listsFor(V1_35)).toMatchObject({ init: 1, plain: 0 });
+    expect(listsFor({ major: 2, minor: 0 })).toMatchObject({ init: 1, plain: 0 });
+    const old = listsFor(V1_28);
+    expect(old).toMatchObject({ init: 0, plain: 1 });
+    expect(old.spec?.containers?.[0]?.restartPolicy).toBeUndefined();
+  });
+
+  it("follows --sidecar-mode over the server version", () => {
+    expect(listsFor(V1_28, operatorConfig(["--sidecar-mode", "native"]))).toMatchObject({
+      init: 1,
+      plain: 0,
+    });
+    expect(listsFor(V1_35, operatorConfig(["--sidecar-mode", "container"]))).toMatchObject({
+      init: 0,
+      plain: 1,
+    });
+    expect(useNativeSidecar("auto", { major: 1, minor: 28 })).toBe(false);
+  });
+
+  it("parses the version the API server reports", () => {
+    expect(parseServerVersion({ major: "1", minor: "29+" })).toEqual({ major: 1, minor: 29 });
+    expect(parseServerVersion({ major: "", minor: "" })).toBeUndefined();
+  });
+});
+
+describe("the upstream port", () => {
+  it("is resolved by name against the app containers, or taken as a number", () => {
+    const pod = deployment().spec?.template.spec;
+    expect(resolveUpstreamPort(pod, "http")).toEqual({ ok: true, port: 8000, names: ["http"] });
+    expect(resolveUpstreamPort(pod, 8000)).toEqual({ ok: true, port: 8000, names: ["http"] });
+    expect(resolveUpstreamPort(pod, 7000)).toEqual({ ok: true, port: 7000, names: [] });
+    const p = policy("orders-api", { spec: { upstream: { port: 7000 } } });
+    expect(sidecarOf(desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG)).args).toContain(
+      "http://127.0.0.1:7000",
+    );
+  });
+
+  it("puts a Deployment without that named port in Error and applies nothing to it", () => {
+    const p = policy("orders-api", { spec: { upstream: { port: "web" } } });
+    const out = desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG);
+    expect(out.deployments).toEqual([]);
+    expect(out.services).toEqual([]);
+    expect(out.status.targets).toEqual([
+      {
+        kind: "Deployment",
+        name: "orders-api",
+        state: "Error",
+        message: expect.stringContaining('upstream port "web" is not a named containerPort'),
+      },
+    ]);
+    expect(out.status.targets?.[0]?.message).toContain("http=8000, metrics=9090");
+    expect(out.status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "TargetsNotProtected",
+    });
+    expect(out.events).toEqual([
+      expect.objectContaining({
+        type: "Warning",
+        reason: "Invalid",
+        regarding: expect.objectContaining({ kind: "AccessPolicy" }),
+      }),
+    ]);
+    // The same verdict again, with the status written: no second Warning.
+    const again = desired(input({ policy: { ...p, status: out.status }, policiesInNamespace: [p] }), CONFIG);
+    expect(again.events).toEqual([]);
+    expect(again.statusUpToDate).toBe(true);
+  });
+
+  it("refuses a sidecar port an app container already declares", () => {
+    const p = policy("orders-api", { spec: { listener: { port: 9090 } } });
+    const out = desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG);
+    expect(out.deployments).toEqual([]);
+    expect(out.status.targets?.[0]).toMatchObject({
+      state: "Error",
+      message: expect.stringContaining("port 9090"),
+    });
+  });
+});
+
+// --- Services ---------------------------------------------------------------------------------
+
+describe("Services", () => {
+  it("point the ports that reach the upstream (by name or number) at the sidecar, recording the original", () => {
+    const services = [
+      service("by-name"),
+      service("by-number", [{ name: "web", port: 8000, targetPort: 8000 }]),
+      service("mixed", [
+        { name: "metrics", port: 9090, targetPort: "metrics" },
+        { name: "http", port: 80, targetPort: "http" },
+      ]),
+      service("other-app", [{ port: 80, targetPort: "http" }], { app: "billing" }),
+      service("no-selector", [{ port: 80, targetPort: "http" }], {}),
+    ];
+    const out = desired(input({ services }), CONFIG);
+    expect(out.services.map((s) => s.name)).toEqual(["by-name", "by-number", "mixed"]);
+    const [byName, byNumber, mixed] = out.services;
+    expect(byName?.body).toEqual({
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: {
+        name: "by-name",
+        namespace: NS,
+        annotations: {
+          [ORIGINAL_TARGET_PORTS_ANNOTATION]: '{"80/TCP":"http"}',
+          [POLICY_ANNOTATION]: "orders-api",
+        },
+      },
+      spec: { ports: [{ port: 80, protocol: "TCP", targetPort: "portcullis" }] },
+    });
+    expect(byNumber?.body.metadata.annotations?.[ORIGINAL_TARGET_PORTS_ANNOTATION]).toBe('{"8000/TCP":8000}');
+    expect(mixed?.body.spec.ports).toEqual([{ port: 80, protocol: "TCP", targetPort: "portcullis" }]);
+  });
+
+  it("restore the recorded original when the Deployment stops matching", () => {
+    let world: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+    world = applyOutput(world, reconcile(world));
+    expect(world.services[0]?.spec?.ports?.[0]?.targetPort).toBe("portcullis");
+    const relabeled = world.deployments.map((d) => {
+      const copy = structuredClone(d);
+      if (copy.spec?.template.metadata) copy.spec.template.metadata.labels = { app: "orders-api-v2" };
+      return copy;
+    });
+    const out = reconcile({ ...world, deployments: relabeled });
+    expect(out.services).toEqual([
+      {
+        name: "orders-api",
+        release: true,
+        upToDate: false,
+        body: {
+          apiVersion: "v1",
+          kind: "Service",
+          metadata: { name: "orders-api", namespace: NS },
+          spec: { ports: [{ port: 80, protocol: "TCP", targetPort: "http" }] },
+        },
+      },
+    ]);
+  });
+
+  it("keep a recorded port's original in the intent when it no longer qualifies", () => {
+    let world: World = {
+      policy: policy(),
+      deployments: [deployment()],
+      services: [
+        service("orders-api", [
+          { port: 80, targetPort: "http" },
+          { port: 8000, targetPort: 8000 },
+        ]),
+      ],
+    };
+    world = applyOutput(world, reconcile(world));
+    // The upstream moves to another port: the first recorded port goes back, the second follows.
+    const p = policy("orders-api", { spec: { upstream: { port: 8000 } }, generation: 2 });
+    const out = reconcile({ ...world, policy: { ...p, status: world.policy.status } });
+    expect(out.services[0]?.body.spec.ports).toEqual([
+      { port: 80, protocol: "TCP", targetPort: "portcullis" },
+      { port: 8000, protocol: "TCP", targetPort: "portcullis" },
+    ]);
+    const moved = policy("orders-api", { spec: { upstream: { port: 7000 } }, generation: 3 });
+    const after = reconcile({ ...world, policy: { ...moved, status: world.policy.status } });
+    expect(after.services[0]?.release).toBe(true);
+    expect(after.services[0]?.body.spec.ports).toEqual([
+      { port: 80, protocol: "TCP", targetPort: "http" },
+      { port: 8000, protocol: "TCP", targetPort: 8000 },
+    ]);
+  });
+});
+
+// --- idempotence ------------------------------------------------------------------------------
+
+describe("a second reconcile", () => {
+  it("writes nothing: every intent up to date, same bodies, same status, no events", () => {
+    const first: World = {
+      policy: policy("orders-api", { finalizers: [] }),
+      deployments: [deployment(), deployment("billing", { app: "billing" })],
+      services: [service(), service("billing", [{ port: 80, targetPort: "http" }], { app: "billing" })],
+    };
+    const out1 = reconcile(first);
+    expect(out1.finalizer).toBe("add");
+    expect(out1.events.map((e) => `${e.reason}:${e.regarding.name}`)).toEqual(["Protected:orders-api"]);
+    const second = applyOutput(first, out1);
+    const out2 = reconcile(second, { now: LATER });
+    expectQuiet(out2);
+    expect(out2.deployments.map((d) => d.body)).toEqual(out1.deployments.map((d) => d.body));
+    expect(out2.services.map((s) => s.body)).toEqual(out1.services.map((s) => s.body));
+    expect(out2.configMap?.body).toEqual(out1.configMap?.body);
+    expect(out2.status).toEqual(out1.status);
+    expect(JSON.stringify(out2)).not.toContain(LATER);
+    // And once more from the applied world of the second: a fixed point.
+    expect(applyOutput(second, out2)).toEqual(second);
+  });
+
+  it("is quiet on an older server with plain containers too", () => {
+    const world = applyOutput(
+      { policy: policy(), deployments: [deployment()], services: [service()] },
+      reconcile(
+        { policy: policy(), deployments: [deployment()], services: [service()] },
+        { serverVersion: V1_28 },
+      ),
+    );
+    expectQuiet(reconcile(world, { serverVersion: V1_28, now: LATER }));
+    // A cluster upgrade moves the sidecar into initContainers: that is a change.
+    const upgraded = reconcile(world, { now: LATER });
+    expect(upgraded.deployments[0]?.upToDate).toBe(false);
+  });
+
+  it("sees a removed sidecar and puts it back", () => {
+    const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+    const world = applyOutput(world0, reconcile(world0));
+    const stripped = structuredClone(world.deployments);
+    const pod = stripped[0]?.spec?.template.spec;
+    if (pod) pod.initContainers = [];
+    const out = reconcile({ ...world, deployments: stripped });
+    expect(out.deployments[0]?.upToDate).toBe(false);
+  });
+});
+
+describe("rule changes and sidecar settings", () => {
+  const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+  const world = applyOutput(world0, reconcile(world0));
+
+  it("a rule change updates the ConfigMap and leaves the pod template alone", () => {
+    const changed = policy("orders-api", {
+      generation: 2,
+      spec: {
+        authorization: { rules: [{ name: "health", paths: ["/healthz"], methods: ["GET"], public: true }] },
+      },
+    });
+    const out = reconcile({ ...world, policy: { ...changed, status: world.policy.status } });
+    expect(out.configMap?.upToDate).toBe(false);
+    expect(out.configMap?.body.data["policy.yaml"]).not.toContain("reader");
+    expect(out.configMap?.body.data["policy.yaml"]).toContain("generation: 2");
+    expect(out.deployments[0]?.upToDate).toBe(true);
+    expect(out.deployments[0]?.body).toEqual(reconcile(world).deployments[0]?.body);
+    expect(out.events).toEqual([]);
+  });
+
+  it("a sidecar setting change gives a new hash, so the pods roll", () => {
+    const changed = policy("orders-api", { generation: 2, spec: { sidecar: { logLevel: "warn" } } });
+    const out = reconcile({ ...world, policy: { ...changed, status: world.policy.status } });
+    const before = world.deployments[0]?.spec?.template.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION];
+    const after = out.deployments[0]?.body.spec?.template.metadata.annotations[SIDECAR_HASH_ANNOTATION];
+    expect(after).toBeDefined();
+    expect(after).not.toBe(before);
+    expect(out.deployments[0]?.upToDate).toBe(false);
+    expect(out.events).toEqual([
+      expect.objectContaining({ reason: "Protected", message: expect.stringContaining("updated") }),
+    ]);
+  });
+});
+
+// --- the ConfigMap ----------------------------------------------------------------------------
+
+describe("the ConfigMap", () => {
+  const out = desired(input(), CONFIG);
+
+  it("holds the defaulted document the proxy reads, owned by the policy", () => {
+    const body = out.configMap?.body;
+    expect(body?.metadata).toEqual({
+      name: "portcullis-orders-api",
+      namespace: NS,
+      labels: { "app.kubernetes.io/managed-by": "portcullis", "portcullis.dev/policy": "orders-api" },
+      ownerReferences: [
+        {
+          apiVersion: "portcullis.dev/v1alpha1",
+          kind: "AccessPolicy",
+          name: "orders-api",
+          uid: "uid-orders-api",
+          controller: true,
+        },
+      ],
+    });
+    const read = validatePolicyText(body?.data["policy.yaml"] ?? "");
+    expect(read.problems.filter((p) => p.severity === "error")).toEqual([]);
+    expect(read.policy?.metadata).toEqual({ name: "orders-api", namespace: NS, generation: 1 });
+    expect(read.policy?.spec).toEqual(policy().spec);
+    // Defaults are written out, not left to the reader.
+    expect(body?.data["policy.yaml"]).toContain("defaultAction: Deny");
+    expect(body?.data["policy.yaml"]).toContain("timeoutSeconds: 30");
+  });
+
+  it("does not depend on the key order of the served object", () => {
+    const p = policy();
+    const reversed = JSON.parse(
+      JSON.stringify(p.spec, (_k, v: unknown) =>
+        v !== null && typeof v === "object" && !Array.isArray(v)
+          ? Object.fromEntries(Object.entries(v).reverse())
+          : v,
+      ),
+    ) as AccessPolicy["spec"];
+    const other = desired(input({ policy: { ...p, spec: reversed } }), CONFIG);
+    expect(other.configMap?.body.data["policy.yaml"]).toBe(out.configMap?.body.data["policy.yaml"]);
+    expect(other.deployments[0]?.body).toEqual(out.deployments[0]?.body);
+  });
+});
+
+// --- conflicts --------------------------------------------------------------------------------
+
+describe("two policies selecting one Deployment", () => {
+  const older = policy("zeta", { created: "2025-01-01T00:00:00Z" });
+  const newer = policy("alpha", { created: "2025-02-01T00:00:00Z" });
+  const both = [newer, older];
+
+  it("the older by creationTimestamp keeps it; the newer reports Conflict and applies nothing", () => {
+    const win = desired(input({ policy: older, policiesInNamespace: both }), CONFIG);
+    expect(win.deployments.map((d) => d.name)).toEqual(["orders-api"]);
+    expect(win.status.targets?.[0]?.state).toBe("Protected");
+    expect(win.status.conditions?.find((c) => c.type === "Conflict")?.status).toBe("False");
+
+    const lose = desired(input({ policy: newer, policiesInNamespace: both }), CONFIG);
+    expect(lose.deployments).toEqual([]);
+    expect(lose.services).toEqual([]);
+    expect(lose.status.targets).toEqual([
+      {
+        kind: "Deployment",
+        name: "orders-api",
+        state: "Conflict",
+        message: expect.stringContaining('"zeta"'),
+      },
+    ]);
+    expect(lose.status.conditions?.find((c) => c.type === "Conflict")).toMatchObject({
+      status: "True",
+      reason: "Conflict",
+    });
+    expect(lose.status.conditions?.find((c) => c.type === "Ready")?.status).toBe("False");
+    expect(lose.events).toEqual([
+      expect.objectContaining({
+        type: "Warning",
+        reason: "Conflict",
+        regarding: expect.objectContaining({ kind: "AccessPolicy", name: "alpha" }),
+      }),
+    ]);
+    const again = desired(
+      input({ policy: { ...newer, status: lose.status }, policiesInNamespace: both, now: LATER }),
+      CONFIG,
+    );
+    expect(again.events).toEqual([]);
+    expect(again.statusUpToDate).toBe(true);
+  });
+
+  it("breaks a creationTimestamp tie by name", () => {
+    const a = policy("a", { created: "2025-03-01T00:00:00Z" });
+    const b = policy("b", { created: "2025-03-01T00:00:00Z" });
+    expect(desired(input({ policy: a, policiesInNamespace: [b, a] }), CONFIG).deployments).toHaveLength(1);
+    expect(
+      desired(input({ policy: b, policiesInNamespace: [a, b] }), CONFIG).status.targets?.[0]?.state,
+    ).toBe("Conflict");
+  });
+
+  it("hands the Deployment over when the older one is being deleted", () => {
+    const deletingOlder = policy("zeta", { created: "2025-01-01T00:00:00Z", deleting: true });
+    let world: World = { policy: older, deployments: [deployment()], services: [service()] };
+    world = applyOutput(
+      world,
+      desired(input({ ...world, policy: older, policiesInNamespace: both }), CONFIG),
+    );
+
+    const takeover = desired(
+      input({ ...world, policy: newer, policiesInNamespace: [newer, deletingOlder] }),
+      CONFIG,
+    );
+    expect(takeover.deployments[0]?.body.metadata.annotations).toEqual({ [POLICY_ANNOTATION]: "alpha" });
+    expect(takeover.services[0]?.body.metadata.annotations).toEqual({
+      [ORIGINAL_TARGET_PORTS_ANNOTATION]: '{"80/TCP":"http"}',
+      [POLICY_ANNOTATION]: "alpha",
+    });
+    const afterTakeover = applyOutput({ ...world, policy: newer }, takeover);
+    // The deleting policy no longer touches what now carries the other's annotation.
+    const release = desired(
+      input({ ...afterTakeover, policy: deletingOlder, policiesInNamespace: [newer, deletingOlder] }),
+      CONFIG,
+    );
+    expect(release.deployments).toEqual([]);
+    expect(release.services).toEqual([]);
+    expect(release.finalizer).toBe("remove");
+  });
+
+  it("names the policies a Deployment event concerns", () => {
+    const d = deployment();
+    d.metadata = { ...d.metadata, annotations: { [POLICY_ANNOTATION]: "gone" } };
+    const unrelated = policy("unrelated", { spec: { selector: { matchLabels: { app: "billing" } } } });
+    expect(policiesForDeployment(d, [older, newer, unrelated])).toEqual(["alpha", "gone", "zeta"]);
+  });
+});
+
+// --- invalid policies -------------------------------------------------------------------------
+
+describe("an invalid policy", () => {
+  const invalid = policy("orders-api", {
+    generation: 2,
+    spec: {
+      authentication: { issuers: [{ issuer: "http://idp.example.com", audiences: ["api://orders"] }] },
+      rateLimits: [{ name: "rl", rules: ["missing"], key: "subject", requestsPerSecond: 5 }],
+    },
+  });
+
+  it("is not Accepted, with every error as path: message, and touches no workload", () => {
+    const world0: World = {
+      policy: policy(),
+      deployments: [deployment()],
+      services: [service()],
+    };
+    const world = applyOutput(world0, reconcile(world0));
+    const out = reconcile({ ...world, policy: { ...invalid, status: world.policy.status } });
+    const accepted = out.status.conditions?.find((c) => c.type === "Accepted");
+    expect(accepted).toMatchObject({ status: "False", reason: "Invalid", observedGeneration: 2 });
+    expect(accepted?.message).toContain(
+      "spec.authentication.issuers[0].issuer: must be https (plain http is allowed only for loopback hosts)",
+    );
+    expect(accepted?.message).toContain('spec.rateLimits[0].rules[0]: no rule named "missing"');
+    expect(accepted?.lastTransitionTime).toBe(NOW);
+    expect(out.configMap).toBeUndefined();
+    expect(out.deleteConfigMap).toBeUndefined();
+    expect(out.deployments).toEqual([]);
+    expect(out.services).toEqual([]);
+    expect(out.finalizer).toBe("none");
+    expect(out.status.targets).toEqual([
+      {
+        kind: "Deployment",
+        name: "orders-api",
+        state: "Protected",
+        message: "keeps the last accepted version of the policy",
+      },
+    ]);
+    expect(out.status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "Invalid",
+    });
+    expect(out.events).toEqual([
+      expect.objectContaining({
+        type: "Warning",
+        reason: "Invalid",
+        regarding: expect.objectContaining({ kind: "AccessPolicy" }),
+      }),
+    ]);
+    const again = reconcile({ ...world, policy: { ...invalid, status: out.status } }, { now: LATER });
+    expect(again.events).toEqual([]);
+    expect(again.statusUpToDate).toBe(true);
+  });
+
+  it("does not release a Deployment that left its selector while invalid", () => {
+    const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+    const world = applyOutput(world0, reconcile(world0));
+    const left = world.deployments.map((d) => {
+      const copy = structuredClone(d);
+      if (copy.spec?.template.metadata) copy.spec.template.metadata.labels = { app: "elsewhere" };
+      return copy;
+    });
+    const out = reconcile({ ...world, deployments: left, policy: invalid });
+    expect(out.deployments).toEqual([]);
+    expect(out.services).toEqual([]);
+  });
+
+  it("reports a Deployment it never protected as Pending", () => {
+    const out = desired(input({ policy: invalid, policiesInNamespace: [invalid] }), CONFIG);
+    expect(out.status.targets).toEqual([
+      { kind: "Deployment", name: "orders-api", state: "Pending", message: "the policy is not accepted" },
+    ]);
+    expect(out.status.protectedTargets).toBe(0);
+  });
+});
+
+// --- deletion and release ---------------------------------------------------------------------
+
+describe("release", () => {
+  const world0: World = {
+    policy: policy(),
+    deployments: [deployment(), deployment("billing", { app: "billing" })],
+    services: [service()],
+  };
+  const protectedWorld = applyOutput(world0, reconcile(world0));
+
+  it("on deletion gives back every Deployment and Service carrying the policy's annotation", () => {
+    const deleting = {
+      ...protectedWorld.policy,
+      metadata: { ...protectedWorld.policy.metadata, deletionTimestamp: NOW },
+    };
+    const other = structuredClone(protectedWorld.deployments);
+    const billing = other.find((d) => d.metadata?.name === "billing");
+    if (billing?.metadata) billing.metadata.annotations = { [POLICY_ANNOTATION]: "someone-else" };
+    const out = reconcile({ ...protectedWorld, deployments: other, policy: deleting });
+    expect(out.deployments).toEqual([
+      {
+        name: "orders-api",
+        release: true,
+        upToDate: false,
+        body: { apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "orders-api", namespace: NS } },
+      },
+    ]);
+    expect(out.services.map((s) => [s.name, s.release, s.body.spec.ports])).toEqual([
+      ["orders-api", true, [{ port: 80, protocol: "TCP", targetPort: "http" }]],
+    ]);
+    expect(out.services[0]?.body.metadata.annotations).toBeUndefined();
+    expect(out.deleteConfigMap).toBe("portcullis-orders-api");
+    expect(out.configMap).toBeUndefined();
+    expect(out.finalizer).toBe("remove");
+    expect(out.events).toEqual([
+      expect.objectContaining({
+        type: "Normal",
+        reason: "Removed",
+        regarding: expect.objectContaining({ name: "orders-api" }),
+      }),
+    ]);
+    expect(out.status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "Deleting",
+    });
+
+    // After the applies the objects are as they were before the policy, and nothing is left to do.
+    const restored = applyOutput({ ...protectedWorld, policy: deleting }, out);
+    expect(restored.deployments[0]).toEqual(world0.deployments[0]);
+    expect(restored.services).toEqual(world0.services);
+    const done = reconcile({
+      ...restored,
+      policy: { ...deleting, metadata: { ...deleting.metadata, finalizers: [] } },
+    });
+    expect(done.deployments).toEqual([]);
+    expect(done.services).toEqual([]);
+    expect(done.events).toEqual([]);
+    expect(done.finalizer).toBe("none");
+  });
+
+  it("releases a Deployment relabeled out of the selector, and only that one", () => {
+    const relabeled = protectedWorld.deployments.map((d) => structuredClone(d));
+    const moved = relabeled.find((d) => d.metadata?.name === "orders-api");
+    if (moved?.spec?.template.metadata)
+      moved.spec.template.metadata.labels = { app: "orders-api", track: "canary" };
+    const narrowed = policy("orders-api", {
+      generation: 2,
+      spec: {
+        selector: {
+          matchLabels: { app: "orders-api" },
+          matchExpressions: [{ key: "track", operator: "NotIn", values: ["canary"] }],
+        },
+      },
+    });
+    const out = reconcile({
+      ...protectedWorld,
+      deployments: relabeled,
+      policy: { ...narrowed, status: protectedWorld.policy.status },
+    });
+    expect(out.deployments.map((d) => [d.name, d.release])).toEqual([["orders-api", true]]);
+    expect(out.events.map((e) => e.reason)).toEqual(["Removed"]);
+    expect(out.status.targets).toEqual([]);
+    expect(out.status.conditions?.find((c) => c.type === "Ready")?.reason).toBe("NoTargets");
+  });
+});
+
+// --- status -----------------------------------------------------------------------------------
+
+describe("status", () => {
+  it("is Ready with observedGeneration, targets and protectedTargets", () => {
+    const p = policy("orders-api", { generation: 4 });
+    const out = desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG);
+    expect(out.status.observedGeneration).toBe(4);
+    expect(out.status.protectedTargets).toBe(1);
+    expect(out.status.targets).toEqual([
+      {
+        kind: "Deployment",
+        name: "orders-api",
+        state: "Protected",
+        message: expect.stringMatching(/^sidecar [0-9a-f]{16}$/),
+      },
+    ]);
+    expect(
+      out.status.conditions?.map((c) => [
+        c.type,
+        c.status,
+        c.reason,
+        c.observedGeneration,
+        c.lastTransitionTime,
+      ]),
+    ).toEqual([
+      ["Accepted", "True", "Valid", 4, NOW],
+      ["Ready", "True", "Protected", 4, NOW],
+      ["Conflict", "False", "NoConflict", 4, NOW],
+    ]);
+  });
+
+  it("keeps lastTransitionTime while a condition's status holds, moves it when it changes", () => {
+    const first = desired(input(), CONFIG);
+    const served = { ...policy(), status: first.status };
+    // Ready stays False while the reason changes (apply failure, then a missing port).
+    const failing = desired(
+      input({ policy: served, now: LATER, failedDeployments: { "orders-api": "conflict" } }),
+      CONFIG,
+    );
+    const ready = failing.status.conditions?.find((c) => c.type === "Ready");
+    expect(ready).toMatchObject({
+      status: "False",
+      reason: "TargetsNotProtected",
+      lastTransitionTime: LATER,
+    });
+    expect(failing.status.targets?.[0]).toMatchObject({ state: "Error", message: "apply failed: conflict" });
+    expect(failing.status.conditions?.find((c) => c.type === "Accepted")?.lastTransitionTime).toBe(NOW);
+    const noTargets = desired(
+      input({
+        policy: { ...policy(), status: failing.status },
+        deployments: [],
+        now: "2025-06-01T12:00:00Z",
+      }),
+      CONFIG,
+    );
+    expect(noTargets.status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      status: "False",
+      reason: "NoTargets",
+      lastTransitionTime: LATER,
+    });
+  });
+
+  it("lists warnings in the Accepted message", () => {
+    const p = policy("orders-api", { spec: { selector: {} } });
+    const out = desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG);
+    expect(out.status.conditions?.[0]).toMatchObject({
+      status: "True",
+      message: expect.stringContaining("empty selector"),
+    });
+    expect(out.deployments).toEqual([]);
+  });
+});

@@ -15,7 +15,7 @@ export interface AdminOptions {
   publicKeys?: () => { keys: readonly object[] };
 }
 
-export const ASSERTION_KEYS_PATH = "/.well-known/jwks.json";
+export const ASSERTION_KEYS_PATH = "/jwks.json";
 
 export function createAdminServer(options: AdminOptions): Server {
   const routes = new Map<string, (res: ServerResponse) => void | Promise<void>>([

@@ -31,6 +31,8 @@ export interface ProxyMetrics {
   policyLoaded(policy: PolicyLoaded): void;
   /** Read on every scrape: seconds since each issuer's keys were last fetched successfully. */
   observeKeySetAges(ages: () => Iterable<readonly [issuer: string, ageSeconds: number]>): void;
+  /** Read on every scrape: requests received and not yet answered. */
+  observeInFlight(count: () => number): void;
   uncaughtError(kind: "exception" | "rejection"): void;
 }
 
@@ -82,6 +84,15 @@ export function createProxyMetrics(): ProxyMetrics {
       }
     },
   });
+  let inFlight: () => number = () => 0;
+  new Gauge({
+    name: `${PREFIX}requests_in_flight`,
+    help: "Requests received and not yet answered.",
+    registers: [register],
+    collect() {
+      this.set(inFlight());
+    },
+  });
   const reloads = new Counter({
     name: `${PREFIX}policy_reloads_total`,
     help: "Policy file loads after startup, by outcome (error: the last good policy stays in force).",
@@ -129,6 +140,9 @@ export function createProxyMetrics(): ProxyMetrics {
     },
     observeKeySetAges(ages) {
       keySetAges = ages;
+    },
+    observeInFlight(count) {
+      inFlight = count;
     },
     uncaughtError(kind) {
       uncaught.inc({ kind });

@@ -1,0 +1,204 @@
+#!/usr/bin/env node
+// `portcullis-proxy`: flags -> logger -> metrics -> policy -> listeners, and the SIGTERM drain.
+//
+// Exit codes: 0 after a clean drain; 1 when the first policy load fails, a listener cannot bind, or
+// the drain deadline passed with requests still in flight (they are cut: that is worth a non-zero
+// exit); 2 on a usage error. A second SIGTERM/SIGINT during the drain exits 1 at once.
+//
+// Readiness: /readyz answers 200 once every issuer's keys have loaded for the first time, until the
+// drain begins. After that, a key set going cold (a reload adding an unreachable issuer) is reported in
+// the body and in portcullis_jwks_age_seconds but does not flip readiness: every replica would flip at
+// once and Kubernetes would drop all endpoints, turning one issuer's trouble into a full outage.
+//
+// Errors that escape every handler are logged (type and message, never a stack) and counted; the
+// process keeps serving. Bad input is handled on the request path; what escapes is a bug in one
+// callback, and killing every in-flight request of the pod for it would make any such bug a DoS.
+
+import type { Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { formatProblem, PolicyError } from "../policy/problems.ts";
+import { createLogger, serializeError } from "./access-log.ts";
+import { createAdminServer, type Readiness } from "./admin.ts";
+import { KeySetRegistry } from "./authn/key-set.ts";
+import { DEFAULT_BIND_HOST, type HostPort, type ProxyConfig, readProxyConfig } from "./config.ts";
+import { createProxyMetrics } from "./metrics.ts";
+import { openPolicySource } from "./policy-source.ts";
+import { createProxyServer } from "./server.ts";
+
+const DRAIN_POLL_MS = 50;
+
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
+  const config = readProxyConfig(argv, env);
+  if ("help" in config) {
+    process.stdout.write(config.help);
+    return;
+  }
+  if ("error" in config) {
+    process.stderr.write(`portcullis-proxy: ${config.error}\n(see portcullis-proxy --help)\n`);
+    process.exitCode = 2;
+    return;
+  }
+  await run(config);
+}
+
+async function run(config: ProxyConfig): Promise<void> {
+  const logger = createLogger({ format: config.logFormat, level: config.logLevel ?? "info" });
+  const exit = (code: number) => logger.flush(() => process.exit(code));
+  const metrics = createProxyMetrics();
+  let draining = false;
+
+  process.on("uncaughtException", (error) => {
+    metrics.uncaughtError("exception");
+    logger.error({ err: serializeError(error) }, "uncaught exception (kept serving)");
+  });
+  process.on("unhandledRejection", (reason) => {
+    metrics.uncaughtError("rejection");
+    logger.error({ err: serializeError(reason) }, "unhandled promise rejection (kept serving)");
+  });
+
+  const keySets = new KeySetRegistry({
+    onFetch: (issuer, outcome, detail) => {
+      metrics.jwksFetch(issuer, outcome);
+      if (outcome === "error") logger.warn({ issuer, detail }, "JWKS fetch failed");
+    },
+  });
+  metrics.observeKeySetAges(() => keySets.keySets().map((set) => [set.issuer, set.ageSeconds()] as const));
+
+  let listenPort: number | undefined;
+  let source: Awaited<ReturnType<typeof openPolicySource>>;
+  try {
+    source = await openPolicySource({
+      file: config.policyFile,
+      logger,
+      metrics,
+      keySets,
+      onPolicy: (policy) => {
+        // The policy's own log level applies unless a flag or variable set one.
+        if (config.logLevel === undefined) logger.level = policy.spec.sidecar.logLevel ?? "info";
+        if (
+          listenPort !== undefined &&
+          config.listen === undefined &&
+          policy.spec.listener.port !== listenPort
+        ) {
+          logger.warn(
+            { listening: listenPort, policy: policy.spec.listener.port },
+            "spec.listener.port changed; it takes effect when the sidecar restarts",
+          );
+        }
+      },
+    });
+  } catch (error) {
+    if (!(error instanceof PolicyError)) throw error;
+    // The sidecar must not run without a policy: say everything that is wrong, on stderr and in the log.
+    for (const problem of error.problems)
+      process.stderr.write(`${config.policyFile}: ${formatProblem(problem)}\n`);
+    logger.fatal({ problems: error.problems.map(formatProblem) }, "no valid policy; exiting");
+    exit(1);
+    return;
+  }
+  const spec = source.current().policy.spec;
+  const listen: HostPort = config.listen ?? { host: DEFAULT_BIND_HOST, port: spec.listener.port };
+  const adminAt: HostPort = config.admin ?? { host: DEFAULT_BIND_HOST, port: spec.sidecar.adminPort };
+
+  let warmOnce = false;
+  const readiness = (): Readiness => {
+    if (draining) return { ready: false, reason: "draining" };
+    if (source.keysWarm()) return { ready: true };
+    if (warmOnce) return { ready: true, note: `signing keys unavailable for ${coldIssuers().join(", ")}` };
+    return { ready: false, reason: `waiting for signing keys of ${coldIssuers().join(", ")}` };
+  };
+  const coldIssuers = () => keySets.keySets().flatMap((set) => (set.isReady() ? [] : [set.issuer]));
+
+  const proxy = createProxyServer({ current: source.current, upstream: config.upstream, logger, metrics });
+  const admin = createAdminServer({ ready: readiness, metrics });
+  metrics.observeInFlight(() => proxy.inFlight());
+  let bound: { listen: string; admin: string };
+  try {
+    bound = { listen: await listenOn(proxy.server, listen), admin: await listenOn(admin, adminAt) };
+  } catch (error) {
+    logger.fatal({ err: serializeError(error) }, "cannot listen");
+    exit(1);
+    return;
+  }
+  listenPort = (proxy.server.address() as AddressInfo).port;
+  logger.info({ ...bound, upstream: config.upstream.origin }, "listening");
+
+  void waitForKeys(source, () => draining).then((warm) => {
+    if (!warm) return;
+    warmOnce = true;
+    logger.info({ ...bound, issuers: [...source.current().policy.issuers.keys()] }, "ready");
+  });
+
+  const drain = async (signal: string) => {
+    if (draining) {
+      logger.warn({ signal, inFlight: proxy.inFlight() }, "second signal during drain; exiting now");
+      exit(1);
+      return;
+    }
+    draining = true;
+    logger.info({ signal, inFlight: proxy.inFlight(), drainSeconds: config.drainSeconds }, "draining");
+    proxy.server.close();
+    const deadline = Date.now() + config.drainSeconds * 1000;
+    // Keep-alive connections turn idle as their last response ends: close them as they do.
+    while (proxy.inFlight() > 0 && Date.now() < deadline) {
+      proxy.closeIdle();
+      await sleep(DRAIN_POLL_MS);
+    }
+    proxy.closeIdle();
+    const stuck = proxy.inFlight();
+    source.close();
+    keySets.close();
+    admin.close();
+    admin.closeAllConnections();
+    if (stuck > 0) {
+      logger.warn({ inFlight: stuck }, "drain deadline passed with requests in flight; exiting");
+      exit(1);
+    } else {
+      logger.info("drained; exiting");
+      exit(0);
+    }
+  };
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      drain(signal).catch((error: unknown) => {
+        logger.error({ err: serializeError(error) }, "drain failed");
+        exit(1);
+      });
+    });
+  }
+}
+
+/** Resolves true once the runtime in force has every issuer's keys; false if draining began first. */
+async function waitForKeys(
+  source: { keysWarm(): boolean; keysReady(): Promise<void> },
+  draining: () => boolean,
+): Promise<boolean> {
+  // keysReady() follows the runtime of the moment; a reload meanwhile means waiting for the new one.
+  while (!source.keysWarm()) {
+    if (draining()) return false;
+    await Promise.race([source.keysReady(), sleep(1000)]);
+  }
+  return !draining();
+}
+
+async function listenOn(server: Server, at: HostPort): Promise<string> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at.port, at.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  return address.family === "IPv6"
+    ? `[${address.address}]:${address.port}`
+    : `${address.address}:${address.port}`;
+}
+
+if (import.meta.main) {
+  main(process.argv.slice(2), process.env).catch((error: unknown) => {
+    process.stderr.write(`portcullis-proxy: ${serializeError(error).message}\n`);
+    process.exit(1);
+  });
+}

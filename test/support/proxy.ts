@@ -132,7 +132,8 @@ export async function rawRequest(port: number, head: string, body = ""): Promise
   await once(socket, "connect");
   const lines = head.trim().split("\n");
   if (!lines.some((line) => /^connection:/i.test(line))) lines.push("Connection: close");
-  socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
+  // Not end(): Node treats a half-closed request as aborted (httpAllowHalfOpen is off).
+  socket.write(`${lines.join("\r\n")}\r\n\r\n${body}`);
   const chunks: Buffer[] = [];
   socket.on("error", () => undefined);
   for await (const chunk of socket) chunks.push(chunk as Buffer);

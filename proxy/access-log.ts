@@ -24,8 +24,15 @@ export const REDACTED_PATHS = [
   ),
 ];
 
+function stdout(): pino.DestinationStream {
+  const stream = pino.destination({ dest: 1, sync: false });
+  // A closed stdout (EPIPE) must not become an uncaught exception that is then logged to stdout.
+  stream.on("error", () => undefined);
+  return stream;
+}
+
 export function createLogger(options: LoggerOptions): pino.Logger {
-  const destination = options.destination ?? pino.destination({ dest: 1, sync: false });
+  const destination = options.destination ?? stdout();
   const common: pino.LoggerOptions = {
     level: options.level,
     base: { service: "portcullis-proxy" },
@@ -54,13 +61,40 @@ export function createLogger(options: LoggerOptions): pino.Logger {
         log(object) {
           const formatted = ecsLog ? ecsLog(object) : object;
           const { err, ...rest } = formatted;
+          const fields = toEcsFields(rest);
           // pino runs this before its serializers: reduce the error here, under ECS's name.
-          return err === undefined ? rest : { ...rest, error: serializeError(err) };
+          return err === undefined ? fields : { ...fields, error: serializeError(err) };
         },
       },
     },
     destination,
   );
+}
+
+// The access line's fields (pipeline.ts logExchange) under their ECS names; the proxy's own
+// under `portcullis.*`. Fields of other lines pass through unchanged.
+const ECS_NAMES: Readonly<Record<string, string>> = {
+  requestId: "http.request.id",
+  method: "http.request.method",
+  path: "url.path",
+  status: "http.response.status_code",
+  subject: "user.id",
+  rule: "portcullis.rule",
+  decision: "portcullis.decision",
+  reason: "portcullis.reason",
+  clientId: "portcullis.client_id",
+  roles: "portcullis.roles",
+  upstreamMs: "portcullis.upstream_ms",
+  failure: "portcullis.failure",
+};
+
+function toEcsFields(object: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(object)) {
+    if (key === "latencyMs" && typeof value === "number") out["event.duration"] = Math.round(value * 1e6);
+    else out[ECS_NAMES[key] ?? key] = value;
+  }
+  return out;
 }
 
 /** `{ type, message, code }` of anything thrown; never the stack. */

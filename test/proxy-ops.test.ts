@@ -390,8 +390,17 @@ describe("portcullis-proxy lifecycle", () => {
     expect((await get(`${proxy.url}/orders`, tokens.reader, { "x-request-id": "ops-ecs-1" })).status).toBe(
       200,
     );
-    const line = await proxy.waitForLine((l) => l.requestId === "ops-ecs-1");
-    expect(line).toMatchObject({ "log.level": "info", message: "request", status: 200 });
+    const line = await proxy.waitForLine((l) => l["http.request.id"] === "ops-ecs-1");
+    expect(line).toMatchObject({
+      "log.level": "info",
+      message: "request",
+      "http.request.method": "GET",
+      "url.path": "/orders",
+      "http.response.status_code": 200,
+      "portcullis.rule": "read-orders",
+      "portcullis.decision": "allow",
+    });
+    expect(line["event.duration"]).toBeGreaterThan(0);
     expect(line["ecs.version"]).toMatch(/^\d+\.\d+/);
     expect(Number.isNaN(Date.parse(String(line["@timestamp"])))).toBe(false);
     for (const l of proxy.lines) expect(l).toHaveProperty("ecs.version");

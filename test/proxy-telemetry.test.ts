@@ -1,0 +1,124 @@
+// The logger (JSON and ECS, redaction, no stacks) and the metrics registry, in process.
+import { Writable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { createLogger } from "../proxy/access-log.ts";
+import { createProxyMetrics } from "../proxy/metrics.ts";
+
+function capture(): { stream: Writable; lines: () => Record<string, unknown>[] } {
+  let text = "";
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      text += chunk.toString("utf8");
+      done();
+    },
+  });
+  return {
+    stream,
+    lines: () =>
+      text
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as Record<string, unknown>),
+  };
+}
+
+describe("createLogger", () => {
+  it("writes JSON lines with a level label and an ISO time", () => {
+    const out = capture();
+    const logger = createLogger({ format: "json", level: "info", destination: out.stream });
+    logger.info({ rule: "read-orders", status: 200 }, "request");
+    logger.debug("not at info");
+    const [line, ...rest] = out.lines();
+    expect(rest).toHaveLength(0);
+    expect(line).toMatchObject({ level: "info", msg: "request", rule: "read-orders", status: 200 });
+    expect(Number.isNaN(Date.parse(String(line?.time)))).toBe(false);
+  });
+
+  it.each(["json", "ecs"] as const)("redacts credentials and never writes a stack (%s)", (format) => {
+    const out = capture();
+    const logger = createLogger({ format, level: "info", destination: out.stream });
+    logger.info(
+      {
+        req: {
+          headers: { authorization: "Bearer secret-token", cookie: "session=secret-cookie", accept: "*/*" },
+        },
+        headers: { "proxy-authorization": "Basic secret-basic" },
+        token: "secret-raw",
+      },
+      "request",
+    );
+    logger.error({ err: new TypeError("boom") }, "failed");
+    const text = JSON.stringify(out.lines());
+    expect(text).not.toMatch(/secret/);
+    expect(text).toContain("*/*");
+    expect(text).toContain("boom");
+    expect(text).not.toMatch(/\bat .*\.ts:\d+/);
+    const failed = out.lines()[1] ?? {};
+    expect(failed[format === "ecs" ? "error" : "err"]).toEqual({ type: "TypeError", message: "boom" });
+  });
+
+  it("writes ECS with access-log fields under ECS names", () => {
+    const out = capture();
+    const logger = createLogger({ format: "ecs", level: "info", destination: out.stream });
+    logger.info(
+      { requestId: "r1", method: "GET", path: "/orders", status: 200, latencyMs: 1.5, rule: "read-orders" },
+      "request",
+    );
+    expect(out.lines()[0]).toMatchObject({
+      "log.level": "info",
+      message: "request",
+      "http.request.id": "r1",
+      "http.request.method": "GET",
+      "url.path": "/orders",
+      "http.response.status_code": 200,
+      "event.duration": 1_500_000,
+      "portcullis.rule": "read-orders",
+    });
+    expect(out.lines()[0]).toHaveProperty("ecs.version");
+    expect(out.lines()[0]).toHaveProperty("@timestamp");
+  });
+});
+
+describe("createProxyMetrics", () => {
+  it("keeps separate registries and counts requests, fetches, reloads and key ages", async () => {
+    const a = createProxyMetrics();
+    const b = createProxyMetrics();
+    a.requestCompleted({
+      rule: "read-orders",
+      decision: "allow",
+      status: 200,
+      seconds: 0.002,
+      upstreamSeconds: 0.001,
+    });
+    a.requestCompleted({ rule: "read-orders", decision: "unauthenticated", status: 401, seconds: 0.0001 });
+    a.jwksFetch("https://idp", "ok");
+    a.reload("error");
+    let ages: [string, number][] = [
+      ["https://idp", 12],
+      ["https://cold", Number.POSITIVE_INFINITY],
+    ];
+    a.observeKeySetAges(() => ages);
+    a.observeInFlight(() => 3);
+    a.policyLoaded({ name: "orders-api", generation: 4, hash: "abc" });
+
+    const text = await a.register.metrics();
+    expect(text).toContain('portcullis_requests_total{rule="read-orders",decision="allow",status="200"} 1');
+    expect(text).toContain(
+      'portcullis_requests_total{rule="read-orders",decision="unauthenticated",status="401"} 1',
+    );
+    expect(text).toContain('portcullis_upstream_duration_seconds_count{rule="read-orders"} 1');
+    expect(text).toContain('portcullis_request_duration_seconds_count{rule="read-orders"} 2');
+    expect(text).toContain('portcullis_jwks_fetches_total{issuer="https://idp",outcome="ok"} 1');
+    expect(text).toContain('portcullis_jwks_age_seconds{issuer="https://idp"} 12');
+    expect(text).not.toContain('issuer="https://cold"');
+    expect(text).toContain('portcullis_policy_reloads_total{outcome="error"} 1');
+    expect(text).toContain('portcullis_policy_info{name="orders-api",generation="4",hash="abc"} 1');
+    expect(text).toContain("portcullis_requests_in_flight 3");
+    expect(text).toContain("portcullis_process_resident_memory_bytes");
+
+    ages = [];
+    expect(await a.register.metrics()).not.toContain("portcullis_jwks_age_seconds{");
+    expect(await b.register.metrics()).not.toContain("portcullis_requests_total{");
+  });
+});

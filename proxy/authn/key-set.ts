@@ -19,7 +19,7 @@ import {
   type JWSHeaderParameters,
   type LocalJWKSet,
 } from "jose";
-import { request } from "undici";
+import { type Dispatcher, request } from "undici";
 import { ALGORITHMS } from "../../policy/schema.ts";
 
 export type FetchOutcome = "ok" | "error" | "not_modified";
@@ -189,9 +189,7 @@ export class RemoteKeySet {
   /** Fetches now (joining a fetch already in flight). Never rejects. */
   refresh(): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    this.#inflight ??= this.#fetch().finally(() => {
-      this.#inflight = undefined;
-    });
+    this.#inflight ??= this.#fetch();
     return this.#inflight;
   }
 
@@ -252,19 +250,25 @@ export class RemoteKeySet {
     });
   }
 
+  // Only refresh() calls this, and stores the promise as #inflight before the first await below.
   async #fetch(): Promise<void> {
+    let outcome: FetchOutcome;
+    let detail: string | undefined;
     try {
-      const outcome = await this.#load();
+      outcome = await this.#load();
       this.#failures = 0;
       this.#fetchedAt = this.#options.now();
-      this.#resolveReady();
-      this.#report(outcome);
     } catch (error) {
+      outcome = "error";
+      detail = error instanceof KeyFetchError ? error.detail : "internal";
       this.#failures++;
       // A failing JWKS URL may have moved: discover again next time.
       if (this.configuredJwksUri === undefined) this.#discoveredJwksUri = undefined;
-      this.#report("error", error instanceof KeyFetchError ? error.detail : "internal");
     }
+    // Cleared before anyone hears of the outcome, so a refresh() right after ready() fetches anew.
+    this.#inflight = undefined;
+    if (outcome !== "error") this.#resolveReady();
+    this.#report(outcome, detail);
   }
 
   async #load(): Promise<"ok" | "not_modified"> {
@@ -409,13 +413,13 @@ async function fetchText(
     });
     const { statusCode, headers, body } = response;
     if (statusCode !== 200) {
-      body.destroy();
+      discard(body);
       if (statusCode === 304 && etag !== undefined) return { notModified: true, text: "" };
       throw new KeyFetchError(statusCode >= 300 && statusCode < 400 ? "redirect" : `http_${statusCode}`);
     }
     const declared = Number(headers["content-length"]);
     if (declared > options.maxResponseBytes) {
-      body.destroy();
+      discard(body);
       throw new KeyFetchError("too_large");
     }
     const chunks: Buffer[] = [];
@@ -424,7 +428,7 @@ async function fetchText(
       const bytes = chunk as Buffer;
       size += bytes.length;
       if (size > options.maxResponseBytes) {
-        body.destroy();
+        discard(body);
         throw new KeyFetchError("too_large");
       }
       chunks.push(bytes);
@@ -440,9 +444,20 @@ async function fetchText(
   } catch (error) {
     if (error instanceof KeyFetchError) throw error;
     if (closed.aborted) throw new KeyFetchError("closed");
-    if (timeout.aborted) throw new KeyFetchError("timeout");
+    if (timeout.aborted || isUndiciTimeout(error)) throw new KeyFetchError("timeout");
     throw new KeyFetchError("network");
   }
+}
+
+/** Drops a response body: destroying an undici body emits an error that must have a listener. */
+function discard(body: Dispatcher.ResponseData["body"]): void {
+  body.on("error", () => {});
+  body.destroy();
+}
+
+function isUndiciTimeout(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT";
 }
 
 function parseJson(text: string): unknown {

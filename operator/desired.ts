@@ -164,8 +164,13 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     events: [],
   };
 
-  const deployments = byName(input.deployments);
-  const services = byName(input.services);
+  // Only objects this policy selects or has marked matter; sorting just those keeps it cheap.
+  const selector = policy.spec?.selector;
+  const deployments = byName(
+    input.deployments.filter(
+      (d) => carriedPolicy(d) === name || (!deleting && matchesSelector(selector, podLabels(d))),
+    ),
+  );
   const out: ReconcileOutput = {
     deployments: [],
     services: [],
@@ -179,7 +184,9 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
   let ready: ConditionVerdict;
   if (deleting) {
     // Give back everything marked as ours, whatever the selector says now.
-    out.services = services.flatMap((s) => (carriedPolicy(s) === name ? [restoreService(ctx, s)] : []));
+    out.services = byName(input.services.filter((s) => carriedPolicy(s) === name)).map((s) =>
+      restoreService(ctx, s),
+    );
     out.deployments = deployments.flatMap((d) =>
       carriedPolicy(d) === name ? [releaseDeployment(ctx, d)] : [],
     );
@@ -191,7 +198,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
       message: "the policy is being deleted: its Deployments and Services are being restored",
     };
   } else {
-    const claims = claimsByDeployment(input, deployments);
+    const claims = claimLookup(input);
     const held: Held[] = [];
     for (const d of deployments) {
       const target = reconcileDeployment(ctx, d, claims, validation.policy, held, out.deployments);
@@ -199,8 +206,14 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     }
     if (validation.policy !== undefined) {
       out.configMap = configMapIntent(ctx, validation.policy);
+      const services = byName(
+        input.services.filter(
+          (s) =>
+            carriedPolicy(s) === name || held.some((h) => matchesServiceSelector(s.spec?.selector, h.labels)),
+        ),
+      );
       out.services = services.flatMap((s) => {
-        const intent = reconcileService(ctx, s, held, claims, deployments);
+        const intent = reconcileService(ctx, s, held, claims, input.deployments);
         return intent === undefined ? [] : [intent];
       });
     } else {
@@ -265,20 +278,20 @@ interface Held {
 function reconcileDeployment(
   ctx: Context,
   d: V1Deployment,
-  claims: Map<string, AccessPolicy>,
+  claims: ClaimLookup,
   valid: AccessPolicyDocument | undefined,
   held: Held[],
   intents: Intent<DeploymentApply>[],
 ): Target | undefined {
   const dName = d.metadata?.name ?? "";
   const ours = carriedPolicy(d) === ctx.name;
-  const claimant = claims.get(dName);
   const selected = matchesSelector(ctx.input.policy.spec?.selector, podLabels(d));
   if (!selected) {
     // An invalid policy leaves workloads alone: the sidecars keep serving its last good version.
     if (ours && valid !== undefined) intents.push(releaseDeployment(ctx, d));
     return undefined;
   }
+  const claimant = claims(d);
   if (claimant !== undefined && claimant.metadata.name !== ctx.name) {
     const message = `selected by the older AccessPolicy ${JSON.stringify(claimant.metadata.name)}, which keeps it`;
     return noteTarget(ctx, d, { kind: "Deployment", name: dName, state: "Conflict", message }, "Conflict");
@@ -391,38 +404,65 @@ function noteTarget(ctx: Context, d: V1Deployment, target: Target, reason: "Conf
 
 // --- conflicts --------------------------------------------------------------------------------
 
+/** The policy that keeps a Deployment, if any. */
+type ClaimLookup = (d: V1Deployment) => AccessPolicy | undefined;
+
 /**
- * Deployment name -> the policy that keeps it: of the policies not being deleted whose selector
- * matches its pod template, the oldest (creationTimestamp, then name). Valid or not: an invalid
- * older policy still holds its Deployments, with its last good sidecar.
+ * Of the policies not being deleted whose selector matches a Deployment's pod template, the oldest
+ * (creationTimestamp, then name) keeps it. Valid or not: an invalid older policy still holds its
+ * Deployments, with its last good sidecar. Computed on demand: with hundreds of policies and
+ * thousands of Deployments in a namespace, only the few this policy looks at are worth the scan.
  */
-function claimsByDeployment(
-  input: ReconcileInput,
-  deployments: readonly V1Deployment[],
-): Map<string, AccessPolicy> {
+function claimLookup(input: ReconcileInput): ClaimLookup {
   const self = input.policy;
   const others = input.policiesInNamespace.filter(
     (p) => p.metadata.name !== self.metadata.name && !p.metadata.deletionTimestamp,
   );
-  const candidates = [self, ...others].sort(olderFirst);
-  const claims = new Map<string, AccessPolicy>();
-  for (const d of deployments) {
-    const labels = podLabels(d);
-    const claimant = candidates.find((p) => matchesSelector(p.spec?.selector, labels));
-    if (claimant !== undefined && d.metadata?.name) claims.set(d.metadata.name, claimant);
-  }
-  return claims;
+  const candidates = oldestFirst([self, ...others]);
+  const known = new Map<V1Deployment, AccessPolicy | undefined>();
+  return (d) => {
+    if (!known.has(d)) {
+      const labels = podLabels(d);
+      known.set(
+        d,
+        candidates.find((p) => matchesSelector(p.spec?.selector, labels)),
+      );
+    }
+    return known.get(d);
+  };
 }
 
+/** Older first: creationTimestamp (missing or unreadable counts as newest), then name. */
 export function olderFirst(a: AccessPolicy, b: AccessPolicy): number {
-  const time = (p: AccessPolicy) => {
-    const t = Date.parse(String(p.metadata.creationTimestamp ?? ""));
-    return Number.isNaN(t) ? Number.POSITIVE_INFINITY : t;
-  };
-  const ta = time(a);
-  const tb = time(b);
-  if (ta !== tb) return ta < tb ? -1 : 1;
-  return compare(a.metadata.name ?? "", b.metadata.name ?? "");
+  return compareAge(age(a), age(b));
+}
+
+/** The same order, each timestamp parsed once. */
+export function oldestFirst(policies: readonly AccessPolicy[]): AccessPolicy[] {
+  return policies
+    .map((policy) => ({ policy, age: age(policy) }))
+    .sort((a, b) => compareAge(a.age, b.age))
+    .map((entry) => entry.policy);
+}
+
+type Age = { time: number; name: string };
+
+/** Keyed by the served object: parsed once per version of a policy, not once per reconcile. */
+const ages = new WeakMap<AccessPolicy, Age>();
+
+function age(p: AccessPolicy): Age {
+  let known = ages.get(p);
+  if (known === undefined || known.name !== (p.metadata.name ?? "")) {
+    const time = Date.parse(String(p.metadata.creationTimestamp ?? ""));
+    known = { time: Number.isNaN(time) ? Number.POSITIVE_INFINITY : time, name: p.metadata.name ?? "" };
+    ages.set(p, known);
+  }
+  return known;
+}
+
+function compareAge(a: Age, b: Age): number {
+  if (a.time !== b.time) return a.time < b.time ? -1 : 1;
+  return compare(a.name, b.name);
 }
 
 /**
@@ -452,25 +492,24 @@ function reconcileService(
   ctx: Context,
   s: V1Service,
   held: readonly Held[],
-  claims: Map<string, AccessPolicy>,
+  claims: ClaimLookup,
   deployments: readonly V1Deployment[],
 ): Intent<ServiceApply> | undefined {
   const carried = carriedPolicy(s);
   const ours = carried === ctx.name;
   const selector = s.spec?.selector;
+  const mine = held.filter((h) => matchesServiceSelector(selector, h.labels));
+  if (mine.length === 0) return ours ? restoreService(ctx, s) : undefined;
   // A Service over several policies' pods is handled by the oldest of them, so two never take turns.
   const keepers = deployments
     .filter((d) => matchesServiceSelector(selector, podLabels(d)))
     .flatMap((d) => {
-      const claimant = claims.get(d.metadata?.name ?? "");
+      const claimant = claims(d);
       return claimant === undefined ? [] : [claimant];
     })
     .sort(olderFirst);
   const keeper = keepers[0];
   if (keeper !== undefined && keeper.metadata.name !== ctx.name) return undefined;
-
-  const mine = held.filter((h) => matchesServiceSelector(selector, h.labels));
-  if (mine.length === 0) return ours ? restoreService(ctx, s) : undefined;
   const numbers = new Set(mine.map((h) => h.port));
   const names = new Set(mine.flatMap((h) => h.portNames));
   const qualifies = (target: number | string) =>

@@ -14,8 +14,11 @@ export function matchesSelector(
 ): boolean {
   if (selector === undefined || isEmptySelector(selector)) return false;
   const have = labels ?? {};
-  for (const [key, value] of Object.entries(selector.matchLabels ?? {})) {
-    if (!Object.hasOwn(have, key) || have[key] !== value) return false;
+  // Loops, not Object.entries: this runs for every Deployment x policy pair of a namespace.
+  const { matchLabels } = selector;
+  for (const key in matchLabels) {
+    if (!Object.hasOwn(matchLabels, key)) continue;
+    if (!Object.hasOwn(have, key) || have[key] !== matchLabels[key]) return false;
   }
   for (const { key, operator, values = [] } of selector.matchExpressions ?? []) {
     const present = Object.hasOwn(have, key);
@@ -43,9 +46,7 @@ export function matchesSelector(
 }
 
 export function isEmptySelector(selector: LabelSelectorLike): boolean {
-  return (
-    Object.keys(selector.matchLabels ?? {}).length === 0 && (selector.matchExpressions ?? []).length === 0
-  );
+  return !hasOwnKeys(selector.matchLabels) && (selector.matchExpressions ?? []).length === 0;
 }
 
 /** A Service's `spec.selector` (equality only): empty or absent selects no pods. */
@@ -53,5 +54,16 @@ export function matchesServiceSelector(
   selector: Readonly<Record<string, string>> | undefined,
   labels: Readonly<Record<string, string>> | undefined,
 ): boolean {
-  return matchesSelector({ matchLabels: selector ?? {} }, labels);
+  if (!hasOwnKeys(selector)) return false;
+  const have = labels ?? {};
+  for (const key in selector) {
+    if (!Object.hasOwn(selector, key)) continue;
+    if (!Object.hasOwn(have, key) || have[key] !== selector[key]) return false;
+  }
+  return true;
+}
+
+function hasOwnKeys(map: Readonly<Record<string, string>> | undefined): boolean {
+  for (const key in map) if (Object.hasOwn(map, key)) return true;
+  return false;
 }

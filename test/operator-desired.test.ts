@@ -754,6 +754,35 @@ describe("two policies selecting one Deployment", () => {
     expect(release.finalizer).toBe("remove");
   });
 
+  it("leaves a Service over both policies' pods to the older one", () => {
+    const web = deployment("web", { app: "shop", part: "web" });
+    const api = deployment("api", { app: "shop", part: "api" });
+    const shared = service("shop", [{ port: 80, targetPort: "http" }], { app: "shop" });
+    const first = policy("first", {
+      created: "2025-01-01T00:00:00Z",
+      spec: { selector: { matchLabels: { part: "web" } } },
+    });
+    const second = policy("second", {
+      created: "2025-02-01T00:00:00Z",
+      spec: { selector: { matchLabels: { part: "api" } } },
+    });
+    const world = { deployments: [web, api], services: [shared], policiesInNamespace: [first, second] };
+    const a = desired(input({ ...world, policy: first }), CONFIG);
+    const b = desired(input({ ...world, policy: second }), CONFIG);
+    expect(a.services.map((s) => s.name)).toEqual(["shop"]);
+    expect(b.services).toEqual([]);
+    // Each still protects its own Deployment.
+    expect(a.deployments.map((d) => d.name)).toEqual(["web"]);
+    expect(b.deployments.map((d) => d.name)).toEqual(["api"]);
+  });
+
+  it("does not need the policy itself among policiesInNamespace", () => {
+    const out = desired(input({ policy: newer, policiesInNamespace: [older] }), CONFIG);
+    expect(out.status.targets?.[0]?.state).toBe("Conflict");
+    const alone = desired(input({ policy: older, policiesInNamespace: [] }), CONFIG);
+    expect(alone.status.targets?.[0]?.state).toBe("Protected");
+  });
+
   it("names the policies a Deployment event concerns", () => {
     const d = deployment();
     d.metadata = { ...d.metadata, annotations: { [POLICY_ANNOTATION]: "gone" } };

@@ -39,16 +39,15 @@ async function main(): Promise<void> {
     `${bold("Portcullis demo")} ${dim("- identity-aware sidecar for FastAPI, everything on loopback")}\n`,
   );
 
-  step("Python venv for the FastAPI example", dim("(first run installs requirements: a minute)"));
+  step("Python venv", dim(".venv (the first run installs FastAPI and uvicorn: a minute)"));
   await ensureVenv();
-  step("OpenID Provider", `http://127.0.0.1:${IDP_PORT}`);
   stack.idp = await startIdentityProvider({ port: IDP_PORT });
-  step("FastAPI orders app", "");
+  step("OpenID Provider", `${stack.idp.issuer}  ${dim("clients reader, writer, admin")}`);
   stack.upstream = await startUpstream();
-  console.log(dim(`   ${stack.upstream.url} (uvicorn)`));
-  step("Portcullis proxy", `${PROXY}  admin ${ADMIN}`);
+  step("FastAPI orders", `${stack.upstream.url}  ${dim("uvicorn, examples/fastapi/app.py")}`);
   const accessLog = startProxy(stack.upstream.url);
   await waitUntilReady();
+  step("Portcullis proxy", `${PROXY}  ${dim(`admin ${ADMIN}, policy ${POLICY}`)}`);
 
   const idp = stack.idp;
   const tokens = {
@@ -71,7 +70,7 @@ async function main(): Promise<void> {
 }
 
 function step(what: string, detail: string): void {
-  console.log(`${styleText("cyan", "▸")} ${what} ${detail}`);
+  console.log(`${styleText("cyan", "▸")} ${what.padEnd(18)}${detail}`);
 }
 
 // ---- the proxy process ----------------------------------------------------------------------------

@@ -44,7 +44,11 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
 
 async function run(config: ProxyConfig): Promise<void> {
   const logger = createLogger({ format: config.logFormat, level: config.logLevel ?? "info" });
-  const exit = (code: number) => logger.flush(() => process.exit(code));
+  const exit = (code: number) => {
+    // Asynchronous stdout: flush the last lines first, but never let a stuck pipe keep us alive.
+    setTimeout(() => process.exit(code), 2_000);
+    logger.flush(() => process.exit(code));
+  };
   const metrics = createProxyMetrics();
   let draining = false;
 

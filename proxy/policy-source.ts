@@ -61,7 +61,9 @@ export async function openPolicySource(options: PolicySourceOptions): Promise<Po
   const { file, logger, metrics, keySets } = options;
   const debounceMs = options.debounceMs ?? 150;
   const swapTimeoutMs = options.swapTimeoutMs ?? 10_000;
-  const log = logger.child({ policyFile: file });
+  // Not a child logger: pino children keep the level they were made with, and main.ts applies the
+  // policy's spec.sidecar.logLevel to this logger after it exists.
+  const log = logger;
 
   const first = await readPolicyFile(file);
   if (!("policy" in first)) throw new PolicyError(`${file}: not a valid AccessPolicy`, first.problems);
@@ -82,6 +84,7 @@ export async function openPolicySource(options: PolicySourceOptions): Promise<Po
     metrics.policyLoaded({ name: policy.name, generation, hash: hash.slice(0, 12) });
     log.info(
       {
+        policyFile: file,
         policy: policy.name,
         generation,
         hash: hash.slice(0, 12),
@@ -120,7 +123,7 @@ export async function openPolicySource(options: PolicySourceOptions): Promise<Po
     if (!("policy" in read)) {
       metrics.reload("error");
       log.error(
-        { problems: read.problems.map(formatProblem) },
+        { policyFile: file, problems: read.problems.map(formatProblem) },
         "policy file rejected; the last good policy stays in force",
       );
       return;

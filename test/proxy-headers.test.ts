@@ -1,0 +1,260 @@
+// Header hygiene as pure functions: the request pass, identity headers, response headers.
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { type CompiledPolicy, compilePolicy } from "../policy/compile.ts";
+import { validatePolicyObject } from "../policy/validate.ts";
+import type { Identity } from "../proxy/authn/verify-bearer.ts";
+import {
+  forwardHeaders,
+  headerPlan,
+  identityHeaders,
+  readInboundHeaders,
+  responseHeaders,
+} from "../proxy/headers.ts";
+
+function policy(
+  edit: (spec: Record<string, Record<string, unknown>>) => void = () => undefined,
+): CompiledPolicy {
+  const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
+  edit(document.spec);
+  const { policy: valid, problems } = validatePolicyObject(document);
+  if (!valid) throw new Error(JSON.stringify(problems));
+  return compilePolicy(valid);
+}
+
+const example = policy();
+const plan = headerPlan(example);
+const context = { peerAddress: "10.0.0.9", proto: "http" as const, requestId: "rid", traceparent: "tp" };
+
+function names(flat: readonly string[]): string[] {
+  return flat.filter((_, i) => i % 2 === 0);
+}
+
+function identity(overrides: Partial<Identity> = {}): Identity {
+  return {
+    issuer: "https://idp.example",
+    subject: "user-1",
+    clientId: "app",
+    scopes: ["orders.read", "orders.write"],
+    roles: ["writer", "reader"],
+    claims: { email: "u@example.com" },
+    expiresAt: 2_000_000_000,
+    ...overrides,
+  };
+}
+
+describe("readInboundHeaders", () => {
+  it("keeps end-to-end headers as sent, drops hop-by-hop and every identity spelling", () => {
+    const inbound = readInboundHeaders(
+      [
+        "Host",
+        "api.example",
+        "Accept",
+        "*/*",
+        "X-Auth-Subject",
+        "evil",
+        "x_auth_roles",
+        "admin",
+        "X.Auth.Email",
+        "e",
+        "x-auth-email",
+        "e",
+        "X-PORTCULLIS-DECISION",
+        "allow",
+        "Keep-Alive",
+        "timeout=5",
+        "Transfer-Encoding",
+        "chunked",
+        "TE",
+        "trailers",
+        "Expect",
+        "100-continue",
+        "Authorization",
+        "Bearer x",
+        "Proxy-Authorization",
+        "Basic x",
+        "Upgrade",
+        "h2c",
+        "Cookie",
+        "a=1",
+      ],
+      plan,
+    );
+    expect(inbound.forward).toEqual(["Host", "api.example", "Accept", "*/*", "Cookie", "a=1"]);
+    expect(inbound.hasBody).toBe(true);
+    expect(inbound.upgrade).toBe("h2c");
+  });
+
+  it("removes the configured extra headers in any spelling, and Authorization only when not forwarded", () => {
+    const custom = policy((spec) => {
+      spec.identityHeaders = {
+        ...spec.identityHeaders,
+        remove: ["X-Gateway-User"],
+        forwardAuthorization: true,
+      };
+    });
+    const inbound = readInboundHeaders(
+      ["x_gateway_user", "evil", "X-Gateway-User", "evil", "Authorization", "Bearer x"],
+      headerPlan(custom),
+    );
+    expect(inbound.forward).toEqual(["Authorization", "Bearer x"]);
+  });
+
+  it("applies Connection nominations to end-to-end headers, never to Host or Content-Length", () => {
+    const inbound = readInboundHeaders(
+      [
+        "Host",
+        "h",
+        "Content-Length",
+        "3",
+        "X-Custom",
+        "1",
+        "X-Other",
+        "2",
+        "Connection",
+        "close, X_Custom, host, content-length",
+        "X-Forwarded-For",
+        "6.6.6.6",
+        "Connection",
+        "X-Forwarded-For",
+      ],
+      plan,
+    );
+    expect(inbound.forward).toEqual(["Host", "h", "Content-Length", "3", "X-Other", "2"]);
+    expect(inbound.forwardedFor).toBeUndefined();
+  });
+
+  it("flags two Host or two Content-Length headers as ambiguous", () => {
+    expect(readInboundHeaders(["Host", "a", "host", "b"], plan).ambiguous).toBe(true);
+    expect(readInboundHeaders(["Content-Length", "1", "Content-Length", "1"], plan).ambiguous).toBe(true);
+    expect(readInboundHeaders(["Host", "a", "Content-Length", "0"], plan)).toMatchObject({
+      ambiguous: false,
+      hasBody: false,
+    });
+  });
+
+  it("picks the request id by the policy's preference, ignoring malformed and nominated ones", () => {
+    const pick = (raw: string[]) => readInboundHeaders(raw, plan).requestId;
+    expect(pick(["X-Correlation-ID", "corr", "X-Request-Id", "req"])).toBe("req");
+    expect(pick(["X-Request-Id", "has space", "X-Correlation-ID", "corr"])).toBe("corr");
+    expect(pick(["X-Request-Id", "a".repeat(129)])).toBeUndefined();
+    expect(pick(["X-Request-Id", "req", "Connection", "x-request-id"])).toBeUndefined();
+    expect(pick(["X_Request_Id", "spoof"])).toBeUndefined();
+  });
+
+  it("accepts only a single, valid W3C traceparent", () => {
+    const trace = (...values: string[]) =>
+      readInboundHeaders(
+        values.flatMap((value) => ["traceparent", value]),
+        plan,
+      ).traceparent;
+    const valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    expect(trace(valid)).toBe(valid);
+    expect(trace(valid, valid)).toBeUndefined();
+    expect(trace(valid.toUpperCase())).toBeUndefined();
+    expect(trace("00-00000000000000000000000000000000-00f067aa0ba902b7-01")).toBeUndefined();
+    expect(trace("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01")).toBeUndefined();
+    expect(trace(`ff${valid.slice(2)}`)).toBeUndefined();
+    expect(trace(`${valid}-extra`)).toBeUndefined();
+    expect(trace(`01${valid.slice(2)}-extra`)).toBe(`01${valid.slice(2)}-extra`);
+  });
+});
+
+describe("forwardHeaders", () => {
+  it("appends exactly one of each proxy header after the client's, XFF ending with the peer", () => {
+    const inbound = readInboundHeaders(
+      ["Host", "h", "X-Forwarded-For", "1.1.1.1", "x-forwarded-for", "2.2.2.2", "X-Forwarded-Host", "evil"],
+      plan,
+    );
+    const out = forwardHeaders(inbound, context, identityHeaders(plan, identity()));
+    expect(out).toEqual([
+      "Host",
+      "h",
+      "x-forwarded-for",
+      "1.1.1.1, 2.2.2.2, 10.0.0.9",
+      "x-forwarded-proto",
+      "http",
+      "x-forwarded-host",
+      "h",
+      "x-request-id",
+      "rid",
+      "traceparent",
+      "tp",
+      "X-Auth-Subject",
+      "user-1",
+      "X-Auth-Roles",
+      "reader,writer",
+      "X-Auth-Scopes",
+      "orders.read orders.write",
+      "X-Auth-Client-Id",
+      "app",
+      "X-Auth-Issuer",
+      "https://idp.example",
+      "X-Auth-Email",
+      "u@example.com",
+    ]);
+  });
+});
+
+describe("identityHeaders", () => {
+  it("drops values that are missing, empty, or unsafe in a header; sends numbers", () => {
+    const custom = policy((spec) => {
+      spec.identityHeaders = {
+        ...spec.identityHeaders,
+        claims: { email: "X-Auth-Email", level: "X-Auth-Level", obj: "X-Auth-Obj", "org.name": "X-Auth-Org" },
+      };
+    });
+    const headers = identityHeaders(
+      headerPlan(custom),
+      identity({
+        subject: "evil\r\nX-Injected: 1",
+        clientId: undefined,
+        scopes: [],
+        roles: [],
+        claims: { email: "Jos\u00e9@example.com", level: 3, obj: { a: 1 }, org: { name: "Acme Corp" } },
+      }),
+    );
+    expect(names(headers)).toEqual(["X-Auth-Issuer", "X-Auth-Level", "X-Auth-Org"]);
+    expect(headers).toContain("3");
+    expect(headers).toContain("Acme Corp");
+  });
+
+  it("is computed once per verified identity", () => {
+    const verified = identity();
+    expect(identityHeaders(plan, verified)).toBe(identityHeaders(plan, verified));
+  });
+});
+
+describe("responseHeaders", () => {
+  it("strips hop-by-hop and nominated headers, replaces X-Request-Id", () => {
+    const raw = [
+      "content-type",
+      "text/plain",
+      "Connection",
+      "keep-alive, X-Secret-Hop",
+      "Keep-Alive",
+      "timeout=5",
+      "Transfer-Encoding",
+      "chunked",
+      "X-Secret-Hop",
+      "1",
+      "X-Request-Id",
+      "from-app",
+      "set-cookie",
+      "a=1",
+      "set-cookie",
+      "b=2",
+    ].map((value) => Buffer.from(value, "latin1"));
+    expect(responseHeaders(raw, "rid")).toEqual([
+      "content-type",
+      "text/plain",
+      "set-cookie",
+      "a=1",
+      "set-cookie",
+      "b=2",
+      "x-request-id",
+      "rid",
+    ]);
+  });
+});

@@ -6,7 +6,7 @@
 // valid `{name}`/`{name:conv}` as literal and lets `{p:path}` sit anywhere (`/{p:path}/edit`): here
 // stray braces are errors and `{p:path}` must be the whole last segment, a plain prefix match.
 
-import { SegmentPattern } from "./segment-pattern.ts";
+import { converterKind, kindMatchesRange, SegmentPattern } from "./segment-pattern.ts";
 
 export type ParamConverter = "str" | "int" | "float" | "uuid";
 export type Converter = ParamConverter | "path";
@@ -171,7 +171,7 @@ function segmentCovers(general: Segment, specific: Segment): boolean {
 }
 
 function converterMatches(converter: ParamConverter, text: string): boolean {
-  return new SegmentPattern([{ kind: "param", name: "x", converter }]).test(text);
+  return !text.includes("/") && kindMatchesRange(converterKind(converter), text, 0, text.length);
 }
 
 function converterCovers(general: ParamConverter, specific: ParamConverter): boolean {

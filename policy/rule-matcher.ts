@@ -9,7 +9,7 @@
 // though the proxy rejects control characters before matching.
 
 import { type MixedSegment, type ParamConverter, parsePathTemplate } from "./path-template.ts";
-import { converterMatchesRange, type SegmentPattern } from "./segment-pattern.ts";
+import { converterKind, kindMatchesRange, type SegmentPattern } from "./segment-pattern.ts";
 
 export interface RuleMatch<R> {
   readonly rule: R;
@@ -47,6 +47,7 @@ interface Terminal<R> {
 
 interface ParamEdge<R> {
   readonly converter: ParamConverter;
+  readonly kind: number;
   readonly node: TrieNode<R>;
 }
 
@@ -56,11 +57,21 @@ interface MixedEdge<R> {
   readonly node: TrieNode<R>;
 }
 
+interface LiteralEntry<R> {
+  readonly hash: number;
+  readonly key: string;
+  readonly node: TrieNode<R>;
+}
+
 interface TrieNode<R> {
-  /** Literal children; few are compared in place, many go through the map (which needs a slice). */
   literalKeys: string[];
   literalNodes: TrieNode<R>[];
-  literalMap: Map<string, TrieNode<R>> | undefined;
+  /**
+   * Literal children in an open-addressing table keyed by segmentHash(), so a lookup needs neither
+   * a slice of the path nor a Map; `literalMask` is its size - 1.
+   */
+  literalTable: (LiteralEntry<R> | undefined)[];
+  literalMask: number;
   params: ParamEdge<R>[];
   mixed: MixedEdge<R>[];
   /** Lowest-index rule whose template ends here. */
@@ -70,19 +81,41 @@ interface TrieNode<R> {
   minIndex: number;
 }
 
-const LITERAL_SCAN_LIMIT = 8;
-
 function newNode<R>(): TrieNode<R> {
   return {
     literalKeys: [],
     literalNodes: [],
-    literalMap: undefined,
+    literalTable: [],
+    literalMask: -1,
     params: [],
     mixed: [],
     end: undefined,
     tail: undefined,
     minIndex: NONE,
   };
+}
+
+/** The hash the search computes while it scans a segment for its end. */
+function segmentHash(text: string): number {
+  let h = 0;
+  for (let i = 0; i < text.length; i++) h = (Math.imul(h, 31) + text.charCodeAt(i)) | 0;
+  return h;
+}
+
+function literalTable<R>(
+  keys: readonly string[],
+  nodes: readonly TrieNode<R>[],
+): (LiteralEntry<R> | undefined)[] {
+  let size = 1;
+  while (size < 2 * keys.length) size *= 2;
+  const table: (LiteralEntry<R> | undefined)[] = new Array(size).fill(undefined);
+  keys.forEach((key, k) => {
+    const hash = segmentHash(key);
+    let i = hash & (size - 1);
+    while (table[i] !== undefined) i = (i + 1) & (size - 1);
+    table[i] = { hash, key, node: nodes[k] as TrieNode<R> };
+  });
+  return table;
 }
 
 function mixedKey(segment: MixedSegment): string {
@@ -112,7 +145,11 @@ function insert<R>(root: TrieNode<R>, rule: R, index: number, source: string): v
       child = node.params.find((e) => e.converter === segment.converter)?.node;
       if (child === undefined) {
         child = newNode();
-        node.params.push({ converter: segment.converter, node: child });
+        node.params.push({
+          converter: segment.converter,
+          kind: converterKind(segment.converter),
+          node: child,
+        });
       }
     } else {
       const key = mixedKey(segment);
@@ -129,7 +166,7 @@ function insert<R>(root: TrieNode<R>, rule: R, index: number, source: string): v
   else node.tail ??= terminal(rule, index, source, template.params);
 }
 
-/** Fills minIndex bottom-up, orders edges best-first, and moves wide literal fan-outs into a map. */
+/** Fills minIndex bottom-up, orders edges best-first, and builds the literal tables. */
 function finish<R>(node: TrieNode<R>): number {
   let min = Math.min(node.end?.index ?? NONE, node.tail?.index ?? NONE);
   for (const child of node.literalNodes) min = Math.min(min, finish(child));
@@ -137,8 +174,9 @@ function finish<R>(node: TrieNode<R>): number {
   for (const edge of node.mixed) min = Math.min(min, finish(edge.node));
   node.params.sort((a, b) => a.node.minIndex - b.node.minIndex);
   node.mixed.sort((a, b) => a.node.minIndex - b.node.minIndex);
-  if (node.literalKeys.length > LITERAL_SCAN_LIMIT) {
-    node.literalMap = new Map(node.literalKeys.map((k, i) => [k, node.literalNodes[i] as TrieNode<R>]));
+  if (node.literalKeys.length > 0) {
+    node.literalTable = literalTable(node.literalKeys, node.literalNodes);
+    node.literalMask = node.literalTable.length - 1;
   }
   node.minIndex = min;
   return min;
@@ -152,7 +190,10 @@ function maxCaptures(rules: readonly MatchableRule[]): number {
   return max;
 }
 
-/** Rules allowing `method`: those without `methods`, those listing it, and GET rules for HEAD. */
+/**
+ * Rules allowing `method`: those without `methods`, those listing it, and GET rules for HEAD. An empty
+ * list allows nothing (Starlette would read it as every method): validation should refuse it.
+ */
 function allows(rule: MatchableRule, method: string | undefined): boolean {
   if (rule.methods === undefined) return true;
   if (method === undefined) return false;
@@ -236,16 +277,26 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
       this.#captures[2 * count + 1] = path.length;
       this.#record(tail, path, count + 1);
     }
-    let end = path.indexOf("/", pos);
-    const last = end === -1;
-    if (last) end = path.length;
-
-    const child = this.#literalChild(node, path, pos, end);
-    if (child !== undefined) this.#descend(child, path, end, last, count);
+    let end = pos;
+    if (node.literalMask === -1) {
+      end = path.indexOf("/", pos);
+      if (end === -1) end = path.length;
+    } else {
+      // Hash the segment while looking for its end, for the literal table.
+      let hash = 0;
+      for (; end < path.length; end++) {
+        const c = path.charCodeAt(end);
+        if (c === SLASH) break;
+        hash = (Math.imul(hash, 31) + c) | 0;
+      }
+      const child = literalChild(node, path, pos, end, hash);
+      if (child !== undefined) this.#descend(child, path, end, end === path.length, count);
+    }
+    const last = end === path.length;
 
     for (const edge of node.params) {
       if (edge.node.minIndex >= this.#bestIndex) break;
-      if (!converterMatchesRange(edge.converter, path, pos, end)) continue;
+      if (!kindMatchesRange(edge.kind, path, pos, end)) continue;
       this.#captures[2 * count] = pos;
       this.#captures[2 * count + 1] = end;
       this.#descend(edge.node, path, end, last, count + 1);
@@ -264,17 +315,6 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
     }
     const t = child.end;
     if (t !== undefined && t.index < this.#bestIndex) this.#record(t, path, count);
-  }
-
-  #literalChild(node: TrieNode<R>, path: string, pos: number, end: number): TrieNode<R> | undefined {
-    if (node.literalMap !== undefined) return node.literalMap.get(path.slice(pos, end));
-    const keys = node.literalKeys;
-    const length = end - pos;
-    for (let i = 0; i < keys.length; i++) {
-      const key = keys[i] as string;
-      if (key.length === length && path.startsWith(key, pos)) return node.literalNodes[i];
-    }
-    return undefined;
   }
 
   /** Python's `.` stops at "\n", so a tail matches only when none follows. */
@@ -307,6 +347,23 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
       }
     }
     return { rule: best.rule, index: best.index, template: best.template, params };
+  }
+}
+
+function literalChild<R>(
+  node: TrieNode<R>,
+  path: string,
+  pos: number,
+  end: number,
+  hash: number,
+): TrieNode<R> | undefined {
+  const table = node.literalTable;
+  const length = end - pos;
+  for (let i = hash & node.literalMask; ; i = (i + 1) & node.literalMask) {
+    const entry = table[i];
+    if (entry === undefined) return undefined;
+    if (entry.hash === hash && entry.key.length === length && path.startsWith(entry.key, pos))
+      return entry.node;
   }
 }
 

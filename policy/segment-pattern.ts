@@ -45,19 +45,19 @@ export function uuidEnd(s: string, from: number, end: number): number {
   return p;
 }
 
-/** Whether a converter matches all of s[start, end) (a range without "/"). */
-export function converterMatchesRange(
-  converter: ParamConverter,
-  s: string,
-  start: number,
-  end: number,
-): boolean {
-  switch (converter) {
-    case "str":
+/** A converter as the small integer the hot paths switch on (comparing names would compare strings). */
+export function converterKind(converter: ParamConverter): number {
+  return KIND_OF[converter];
+}
+
+/** Whether the converter of `kind` matches all of s[start, end) (a range without "/"). */
+export function kindMatchesRange(kind: number, s: string, start: number, end: number): boolean {
+  switch (kind) {
+    case STR:
       return end > start;
-    case "int":
+    case INT:
       return end > start && digitRun(s, start, end) === end - start;
-    case "float": {
+    case FLOAT: {
       const whole = digitRun(s, start, end);
       if (whole === 0) return false;
       const dot = start + whole;
@@ -66,8 +66,10 @@ export function converterMatchesRange(
       const fraction = digitRun(s, dot + 1, end);
       return fraction > 0 && dot + 1 + fraction === end;
     }
-    case "uuid":
+    case UUID:
       return uuidEnd(s, start, end) === end;
+    default:
+      return false;
   }
 }
 

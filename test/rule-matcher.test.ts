@@ -182,6 +182,12 @@ describe("compileRules: rule order and methods", () => {
     expect(m("/o", "POST")).toBeUndefined();
   });
 
+  it("reads an empty methods list as no method at all", () => {
+    const m = matcher([rule("none", ["/o"], []), rule("rest", ["/{p:path}"])]);
+    expect(m("/o", "GET")).toBe("rest");
+    expect(m("/o", "PURGE")).toBe("rest");
+  });
+
   it("checks the method in the redirect pass too", () => {
     const m = matcher([rule("get", ["/x"], ["GET"]), rule("post", ["/x/"], ["POST"])]);
     expect(m("/x/", "GET")).toBe("get");

@@ -262,6 +262,7 @@ export const Rule = Type.Object(
     }),
     methods: Type.Optional(
       Type.Array(stringEnum(METHODS, "An HTTP method."), {
+        minItems: 1,
         maxItems: LIMITS.methods,
         description: "Methods the rule applies to (GET implies HEAD). Default: every method.",
       }),

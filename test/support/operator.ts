@@ -13,7 +13,12 @@ import {
   resourcePath,
   WRITE_METHODS,
 } from "../../operator/kube-client.ts";
-import { type RunningOperator, type StartOperatorOptions, startOperator } from "../../operator/operator.ts";
+import {
+  type OperatorLog,
+  type RunningOperator,
+  type StartOperatorOptions,
+  startOperator,
+} from "../../operator/operator.ts";
 import { API_VERSION, PLURAL } from "../../policy/schema.ts";
 
 const root = join(import.meta.dirname, "..", "..");
@@ -218,6 +223,16 @@ export interface TestOperator {
   calls: CallLog;
 }
 
+/** PORTCULLIS_TEST_OPERATOR_LOG=1 prints the operators' log lines to stderr (debugging a test). */
+function testLog(identity: string): OperatorLog | undefined {
+  if (process.env.PORTCULLIS_TEST_OPERATOR_LOG !== "1") return undefined;
+  const line = (level: string) => (fields: Record<string, unknown>, message: string) =>
+    process.stderr.write(
+      `${new Date().toISOString()} ${identity} ${level} ${message} ${JSON.stringify(fields)}\n`,
+    );
+  return { debug: line("debug"), info: line("info"), warn: line("warn"), error: line("error") };
+}
+
 /** An operator in this process with test timings (lease 3 s / renew 2 s / retry 0.5 s). */
 export async function startTestOperator(
   kubeConfig: KubeConfig,
@@ -231,6 +246,7 @@ export async function startTestOperator(
     leaderElection: { leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500 },
     queue: { baseDelayMs: 20, maxDelayMs: 2_000 },
     onApiCall: calls.record,
+    log: testLog(config.leaderElection.identity),
     ...options,
   });
   return { operator, calls };

@@ -1,0 +1,122 @@
+// Two operator replicas against a real kube-apiserver + etcd: only the Lease holder writes, the
+// standby takes over when the leader stops, and the survivor converges on its own after
+// kube-apiserver restarts under it (its watches come back with 410 Gone and it relists).
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { KubeClient, KubeObject } from "../operator/kube-client.ts";
+import { resourcePath } from "../operator/kube-client.ts";
+import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
+import {
+  adminClient,
+  create,
+  createNamespace,
+  eventually,
+  examplePolicy,
+  exampleWorkload,
+  installCrd,
+  isReady,
+  mergePatch,
+  operatorConfig,
+  PATHS,
+  policyWhen,
+  type ServedPolicy,
+  startTestOperator,
+  type TestOperator,
+} from "./support/operator.ts";
+
+const LEASE_NAMESPACE = "portcullis-system";
+
+let cp: ControlPlane;
+let client: KubeClient;
+const replicas: TestOperator[] = [];
+
+beforeAll(async () => {
+  cp = await startControlPlane();
+  client = adminClient(cp.kubeConfig);
+  await installCrd(client);
+  await createNamespace(client, LEASE_NAMESPACE);
+  for (const identity of ["replica-a", "replica-b"]) {
+    const config = operatorConfig((c) => {
+      c.leaderElection.leaseNamespace = LEASE_NAMESPACE;
+      c.leaderElection.identity = identity;
+    });
+    // Short server-side watch timeouts: the streams also reconnect on their own during the test.
+    replicas.push(await startTestOperator(cp.kubeConfig, config, { watch: { watchTimeoutSeconds: [3, 6] } }));
+  }
+});
+
+afterAll(async () => {
+  await Promise.all(replicas.map((r) => r.operator.stop()));
+  await client?.close();
+  await cp?.stop();
+});
+
+async function protectExampleApp(namespace: string): Promise<void> {
+  await createNamespace(client, namespace);
+  const { deployment, service } = exampleWorkload(namespace);
+  await create(client, deployment);
+  await create(client, service);
+  await create(client, examplePolicy(namespace));
+}
+
+const leaseHolder = async () =>
+  (
+    await client.get<KubeObject & { spec: { holderIdentity?: string } }>(
+      resourcePath("coordination.k8s.io/v1", "leases", LEASE_NAMESPACE, "portcullis-operator"),
+    )
+  ).spec.holderIdentity;
+
+describe("two replicas", () => {
+  let survivor: TestOperator;
+
+  it("only the leader writes; the standby takes over when the leader stops", async () => {
+    const leader = await eventually("one replica leads", () => replicas.find((r) => r.operator.isLeader()));
+    const standby = replicas.find((r) => r !== leader) as TestOperator;
+    expect(standby.operator.isLeader()).toBe(false);
+    expect(await leaseHolder()).toBe(leader.operator.identity);
+
+    await protectExampleApp("one");
+    await policyWhen(client, "one", "orders-api", "Ready", isReady);
+    expect(leader.calls.writes().length).toBeGreaterThan(0);
+    expect(standby.calls.writes()).toEqual([]);
+
+    await leader.operator.stop();
+    await eventually("the standby leads", () => standby.operator.isLeader());
+    expect(await leaseHolder()).toBe(standby.operator.identity);
+    await protectExampleApp("two");
+    await policyWhen(client, "two", "orders-api", "Ready", isReady);
+    survivor = standby;
+  });
+
+  it("converges without a restart of its own after kube-apiserver restarts and its watches expire", async () => {
+    const expiredBefore = (await survivor.operator.metrics.watchRestarts.get()).values
+      .filter((v) => v.labels.reason === "expired")
+      .reduce((sum, v) => sum + v.value, 0);
+    await cp.restartApiServer();
+
+    // A change to an existing policy and a new one, both made after the restart.
+    const policy = await client.get<ServedPolicy>(PATHS.policy("two", "orders-api"));
+    const rules = [...policy.spec.authorization.rules, { name: "metrics", paths: ["/metrics"], deny: true }];
+    await mergePatch(client, PATHS.policy("two", "orders-api"), { spec: { authorization: { rules } } });
+    await protectExampleApp("three");
+
+    await policyWhen(client, "three", "orders-api", "Ready", isReady, 60_000);
+    await eventually(
+      "the ConfigMap of the changed policy is updated",
+      async () => {
+        const cm = await client.get<{ data: Record<string, string> }>(
+          PATHS.configMap("two", "portcullis-orders-api"),
+        );
+        return cm.data["policy.yaml"]?.includes("name: metrics");
+      },
+      60_000,
+    );
+    await policyWhen(client, "two", "orders-api", "Ready at the new generation", isReady, 60_000);
+
+    // The resourceVersions the watches held were older than the restarted server's watch cache.
+    const expiredAfter = (await survivor.operator.metrics.watchRestarts.get()).values
+      .filter((v) => v.labels.reason === "expired")
+      .reduce((sum, v) => sum + v.value, 0);
+    expect(expiredAfter).toBeGreaterThan(expiredBefore);
+    expect(survivor.operator.isLeader()).toBe(true);
+  });
+});

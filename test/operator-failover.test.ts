@@ -1,6 +1,11 @@
 // Two operator replicas against a real kube-apiserver + etcd: only the Lease holder writes, the
 // standby takes over when the leader stops, and the survivor converges on its own after
-// kube-apiserver restarts under it (its watches come back with 410 Gone and it relists).
+// kube-apiserver restarts under it (its watches come back with 410 Gone and it relists). Last, the
+// portcullis-operator binary itself: takes the lease, reconciles, and on SIGTERM hands it back.
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { KubeClient, KubeObject } from "../operator/kube-client.ts";
 import { resourcePath } from "../operator/kube-client.ts";
@@ -118,5 +123,57 @@ describe("two replicas", () => {
       .reduce((sum, v) => sum + v.value, 0);
     expect(expiredAfter).toBeGreaterThan(expiredBefore);
     expect(survivor.operator.isLeader()).toBe(true);
+  });
+});
+
+const SETPRIV = "/usr/bin/setpriv";
+
+describe("the portcullis-operator binary", () => {
+  it("leads, reconciles, serves /readyz, and on SIGTERM hands the lease back and exits 0", async () => {
+    await Promise.all(replicas.map((r) => r.operator.stop()));
+    const argv = [
+      join(import.meta.dirname, "..", "operator", "main.ts"),
+      "--admin=127.0.0.1:0",
+      `--lease-namespace=${LEASE_NAMESPACE}`,
+      "--lease-duration-seconds=3",
+      "--identity=binary",
+    ];
+    // setpriv's parent-death signal: a killed test run leaves no operator behind.
+    const [file, args] = existsSync(SETPRIV)
+      ? [SETPRIV, ["--pdeathsig", "KILL", "--", process.execPath, ...argv]]
+      : [process.execPath, argv];
+    const child = spawn(file, args, {
+      env: { ...process.env, KUBECONFIG: cp.kubeconfigPath, KUBERNETES_SERVICE_HOST: "" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    const lines: { msg?: string; admin?: string }[] = [];
+    let stderr = "";
+    createInterface({ input: child.stdout }).on("line", (text) => {
+      try {
+        lines.push(JSON.parse(text) as { msg?: string });
+      } catch {
+        lines.push({ msg: text });
+      }
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString("utf8");
+    });
+    try {
+      const started = await eventually("the binary logs that it started", () =>
+        lines.find((line) => line.msg === "started"),
+      );
+      const admin = `http://${started.admin}`;
+      await eventually("/readyz answers 200", async () => (await fetch(`${admin}/readyz`)).status === 200);
+      await eventually("the binary holds the lease", async () => (await leaseHolder()) === "binary");
+      await protectExampleApp("four");
+      await policyWhen(client, "four", "orders-api", "Ready", isReady);
+      expect(await (await fetch(`${admin}/metrics`)).text()).toMatch(/portcullis_operator_leader 1/);
+    } finally {
+      child.kill("SIGTERM");
+    }
+    expect(await exited, stderr).toBe(0);
+    expect(lines.some((line) => line.msg === "stopped")).toBe(true);
+    expect(await leaseHolder()).toBe("");
   });
 });

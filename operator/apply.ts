@@ -166,6 +166,7 @@ export class Applier {
 
   /** Forgets what was applied to an object (it was deleted, or another writer is expected). */
   forget(object: KubeObject): void {
+    if (!object.apiVersion || !object.kind || !object.metadata?.name || !PLURALS[object.kind]) return;
     this.#applied.delete(objectPath(object));
   }
 }

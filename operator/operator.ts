@@ -157,6 +157,8 @@ export async function startOperator(options: StartOperatorOptions): Promise<Runn
 
   for (const [kind, informer] of Object.entries(caches) as [keyof Caches, Informer<KubeObject>][]) {
     informer.on((event, object, old) => {
+      // The applier remembers what it applied per object; a deleted object's memory goes with it.
+      if (event === "delete" && kind !== "policies") applier.forget(object);
       if (!queue) return;
       for (const key of reconciler.keysFor(kind, event, object, old)) queue.add(key);
     });

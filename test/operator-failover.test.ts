@@ -1,8 +1,9 @@
 // Two operator replicas against a real kube-apiserver + etcd: only the Lease holder writes, the
 // standby takes over when the leader stops, and the survivor converges on its own after
 // kube-apiserver restarts under it (its watches come back with 410 Gone and it relists). Last, the
-// portcullis-operator binary itself: takes the lease, reconciles, and on SIGTERM hands it back.
-import { spawn } from "node:child_process";
+// portcullis-operator binary itself: takes the lease, reconciles, and on SIGTERM hands it back; killed
+// without handing it back, a successor takes over once the lease has expired.
+import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -128,40 +129,53 @@ describe("two replicas", () => {
 
 const SETPRIV = "/usr/bin/setpriv";
 
+interface OperatorBinary {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  lines: { msg?: string; admin?: string }[];
+  stderr(): string;
+}
+
+/** `operator/main.ts` as a child process with the admin kubeconfig and a 3 s lease. */
+function spawnBinary(identity: string): OperatorBinary {
+  const argv = [
+    join(import.meta.dirname, "..", "operator", "main.ts"),
+    "--admin=127.0.0.1:0",
+    `--lease-namespace=${LEASE_NAMESPACE}`,
+    "--lease-duration-seconds=3",
+    `--identity=${identity}`,
+  ];
+  // setpriv's parent-death signal: a killed test run leaves no operator behind.
+  const [file, args] = existsSync(SETPRIV)
+    ? [SETPRIV, ["--pdeathsig", "KILL", "--", process.execPath, ...argv]]
+    : [process.execPath, argv];
+  const child = spawn(file, args, {
+    env: { ...process.env, KUBECONFIG: cp.kubeconfigPath, KUBERNETES_SERVICE_HOST: "" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const lines: OperatorBinary["lines"] = [];
+  let stderr = "";
+  createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (text) => {
+    try {
+      lines.push(JSON.parse(text) as { msg?: string });
+    } catch {
+      lines.push({ msg: text });
+    }
+  });
+  child.stderr?.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString("utf8");
+  });
+  return { child, exited, lines, stderr: () => stderr };
+}
+
 describe("the portcullis-operator binary", () => {
   it("leads, reconciles, serves /readyz, and on SIGTERM hands the lease back and exits 0", async () => {
     await Promise.all(replicas.map((r) => r.operator.stop()));
-    const argv = [
-      join(import.meta.dirname, "..", "operator", "main.ts"),
-      "--admin=127.0.0.1:0",
-      `--lease-namespace=${LEASE_NAMESPACE}`,
-      "--lease-duration-seconds=3",
-      "--identity=binary",
-    ];
-    // setpriv's parent-death signal: a killed test run leaves no operator behind.
-    const [file, args] = existsSync(SETPRIV)
-      ? [SETPRIV, ["--pdeathsig", "KILL", "--", process.execPath, ...argv]]
-      : [process.execPath, argv];
-    const child = spawn(file, args, {
-      env: { ...process.env, KUBECONFIG: cp.kubeconfigPath, KUBERNETES_SERVICE_HOST: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-    const lines: { msg?: string; admin?: string }[] = [];
-    let stderr = "";
-    createInterface({ input: child.stdout }).on("line", (text) => {
-      try {
-        lines.push(JSON.parse(text) as { msg?: string });
-      } catch {
-        lines.push({ msg: text });
-      }
-    });
-    child.stderr.on("data", (chunk: Buffer) => {
-      stderr += chunk.toString("utf8");
-    });
+    const binary = spawnBinary("binary");
     try {
       const started = await eventually("the binary logs that it started", () =>
-        lines.find((line) => line.msg === "started"),
+        binary.lines.find((line) => line.msg === "started"),
       );
       const admin = `http://${started.admin}`;
       await eventually("/readyz answers 200", async () => (await fetch(`${admin}/readyz`)).status === 200);
@@ -170,10 +184,31 @@ describe("the portcullis-operator binary", () => {
       await policyWhen(client, "four", "orders-api", "Ready", isReady);
       expect(await (await fetch(`${admin}/metrics`)).text()).toMatch(/portcullis_operator_leader 1/);
     } finally {
-      child.kill("SIGTERM");
+      binary.child.kill("SIGTERM");
     }
-    expect(await exited, stderr).toBe(0);
-    expect(lines.some((line) => line.msg === "stopped")).toBe(true);
+    expect(await binary.exited, binary.stderr()).toBe(0);
+    expect(binary.lines.some((line) => line.msg === "stopped")).toBe(true);
     expect(await leaseHolder()).toBe("");
+  });
+
+  it("is replaced once its lease expires when it dies without handing it back", async () => {
+    const binary = spawnBinary("doomed");
+    try {
+      await eventually("the binary holds the lease", async () => (await leaseHolder()) === "doomed");
+    } finally {
+      binary.child.kill("SIGKILL");
+    }
+    await binary.exited;
+    const config = operatorConfig((c) => {
+      c.leaderElection.leaseNamespace = LEASE_NAMESPACE;
+      c.leaderElection.identity = "replica-c";
+    });
+    const successor = await startTestOperator(cp.kubeConfig, config);
+    replicas.push(successor);
+    expect(successor.operator.isLeader()).toBe(false);
+    await eventually("the successor leads once the lease expired", () => successor.operator.isLeader());
+    expect(await leaseHolder()).toBe("replica-c");
+    await protectExampleApp("five");
+    await policyWhen(client, "five", "orders-api", "Ready", isReady);
   });
 });

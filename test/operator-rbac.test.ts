@@ -1,6 +1,7 @@
 // The operator as the ServiceAccount the Helm chart runs it as, bound to exactly the ClusterRole of
 // operator/rbac.ts, against a real kube-apiserver with RBAC on: the whole life of a policy (protect,
 // events, status, finalizer, release, ConfigMap deletion, leader election) with no request forbidden.
+// It watches a configured list of namespaces: a policy elsewhere is left alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { KubeClient } from "../operator/kube-client.ts";
 import { CLUSTER_ROLE_NAME, clusterRole } from "../operator/rbac.ts";
@@ -18,6 +19,7 @@ import {
   operatorConfig,
   PATHS,
   policyWhen,
+  type ServedPolicy,
   startTestOperator,
   type TestOperator,
   userVisible,
@@ -57,6 +59,8 @@ beforeAll(async () => {
     operatorConfig((c) => {
       c.leaderElection.leaseNamespace = SYSTEM_NAMESPACE;
       c.leaderElection.identity = "rbac-replica";
+      // One watch per namespace: what a namespaced install looks like.
+      c.namespaces = ["rbac", "rbac-quiet"];
     }),
   );
 });
@@ -70,6 +74,11 @@ afterAll(async () => {
 describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
   it("protects and releases the example app without a forbidden request", async () => {
     const ns = "rbac";
+    // A namespace the operator is not configured for: its policy must stay untouched.
+    await createNamespace(client, "elsewhere");
+    const { deployment: otherDeployment } = exampleWorkload("elsewhere");
+    await create(client, otherDeployment);
+    await create(client, examplePolicy("elsewhere"));
     await createNamespace(client, ns);
     const { deployment, service } = exampleWorkload(ns);
     const originalDeployment = await create(client, deployment);
@@ -94,6 +103,10 @@ describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
       userVisible(originalService),
     );
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeUndefined();
+
+    const ignored = await client.get<ServedPolicy>(PATHS.policy("elsewhere", "orders-api"));
+    expect(ignored.status).toBeUndefined();
+    expect(ignored.metadata?.finalizers).toBeUndefined();
 
     expect(running.operator.isLeader()).toBe(true);
     expect(running.calls.forbidden()).toEqual([]);

@@ -173,6 +173,7 @@ class WatchStream<T extends KubeObject> {
   readonly #informer: Informer<T>;
   readonly #namespace: string | undefined;
   #resourceVersion = "";
+  #listedAt = 0;
   #abort: AbortController | undefined;
   #loop: Promise<void> | undefined;
 
@@ -217,13 +218,16 @@ class WatchStream<T extends KubeObject> {
       } catch (error) {
         if (signal.aborted) return;
         if (isApiError(error, 410)) {
-          // Relist right away: the version we hold is gone, waiting gains nothing.
+          // Relist right away (the version we hold is gone, waiting gains nothing), unless the
+          // version from a list just made is already gone: then back off rather than spin.
+          const freshList = this.#listedAt > Date.now() - 1_000;
           this.#resourceVersion = "";
           this.#restarted("expired", error);
-          continue;
+          if (!freshList) continue;
+        } else {
+          this.#restarted("error", error);
         }
         failures += 1;
-        this.#restarted("error", error);
         const ceiling = Math.min(maxBackoffMs, initialBackoffMs * 2 ** Math.min(failures - 1, 20));
         try {
           await sleep(ceiling / 2 + Math.random() * (ceiling / 2), undefined, { signal });
@@ -258,6 +262,7 @@ class WatchStream<T extends KubeObject> {
     } while (continueToken);
     this.#informer.replace(this.#namespace, items);
     this.#resourceVersion = resourceVersion;
+    this.#listedAt = Date.now();
     if (!this.synced) {
       this.synced = true;
       this.#informer.streamSynced();

@@ -7,7 +7,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { availableParallelism } from "node:os";
 import { type Dispatcher, Pool } from "undici";
-import { responseHeaders } from "./headers.ts";
+import { type ParsedHeaders, responseHeaders } from "./headers.ts";
 import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
 
 export interface UpstreamPoolOptions {
@@ -91,20 +91,17 @@ class ResponseRelay implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(
-    controller: Dispatcher.DispatchController,
+    _controller: Dispatcher.DispatchController,
     statusCode: number,
-    _headers: unknown,
+    headers: ParsedHeaders,
     statusMessage?: string,
   ): void {
     // Informational answers (103 Early Hints) are not relayed; the final one follows.
     if (statusCode < 200) return;
     this.upstreamMs = performance.now() - this.started;
-    const raw = controller.rawHeaders;
-    const headers = Array.isArray(raw)
-      ? responseHeaders(raw, this.requestId)
-      : ["x-request-id", this.requestId];
-    if (statusMessage) this.res.writeHead(statusCode, statusMessage, headers);
-    else this.res.writeHead(statusCode, headers);
+    const sent = responseHeaders(headers, this.requestId);
+    if (statusMessage) this.res.writeHead(statusCode, statusMessage, sent);
+    else this.res.writeHead(statusCode, sent);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

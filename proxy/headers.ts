@@ -341,35 +341,35 @@ export function identityHeaders(plan: HeaderPlan, identity: Identity): readonly 
   return headers;
 }
 
+export type ParsedHeaders = Readonly<Record<string, string | string[] | undefined>>;
+
 /**
  * The upstream's response headers as sent to the client: hop-by-hop ones (and any the upstream's
- * Connection header nominates) removed, X-Request-Id set to the proxy's. `raw` is undici's raw list.
+ * Connection header nominates) removed, X-Request-Id set to the proxy's. `headers` is undici's parsed
+ * object (lower-case names, repeated headers as arrays), which undici builds for every response anyway.
  */
-export function responseHeaders(raw: readonly (Buffer | string)[], requestId: string): string[] {
-  const out: string[] = [];
-  let nominated: Set<string> | undefined;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString("latin1");
-    const lower = name.toLowerCase();
-    if (RESPONSE_HOP_BY_HOP.has(lower)) {
-      if (lower === "connection") {
-        for (const token of raw[i + 1]!.toString("latin1").split(",")) {
-          const nominee = token.trim().toLowerCase();
-          if (PLAIN_CONNECTION_TOKENS.has(nominee)) continue;
-          nominated ??= new Set();
-          nominated.add(nominee);
-        }
-      }
-      continue;
-    }
-    out.push(name, raw[i + 1]!.toString("latin1"));
-  }
-  if (nominated !== undefined) {
-    for (let i = out.length - 2; i >= 0; i -= 2) {
-      const lower = out[i]!.toLowerCase();
-      if (nominated.has(lower) && lower !== "content-length") out.splice(i, 2);
-    }
+export function responseHeaders(headers: ParsedHeaders, requestId: string): (string | string[])[] {
+  const out: (string | string[])[] = [];
+  const connection = headers.connection;
+  const nominated = connection === undefined ? undefined : responseNominations(connection);
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || RESPONSE_HOP_BY_HOP.has(name) || nominated?.has(name)) continue;
+    out.push(name, value);
   }
   out.push("x-request-id", requestId);
   return out;
+}
+
+function responseNominations(connection: string | string[]): Set<string> | undefined {
+  let nominated: Set<string> | undefined;
+  for (const value of Array.isArray(connection) ? connection : [connection]) {
+    for (const token of value.split(",")) {
+      const name = token.trim().toLowerCase();
+      if (PLAIN_CONNECTION_TOKENS.has(name) || name === "content-length") continue;
+      nominated ??= new Set();
+      nominated.add(name);
+    }
+  }
+  return nominated;
 }

@@ -386,7 +386,17 @@ export function handleRequest(ctx: ProxyContext, req: IncomingMessage, res: Serv
     };
     const admission = admit(runtime, req, admitted, target);
     if (admission instanceof Promise) {
-      admission.then(proceed).catch((error: unknown) => fail(ctx, res, admitted, error));
+      // One promise, no .catch() chain; proceed's own throws are caught here, never unhandled.
+      admission.then(
+        (decided) => {
+          try {
+            proceed(decided);
+          } catch (error) {
+            fail(ctx, res, admitted, error);
+          }
+        },
+        (error: unknown) => fail(ctx, res, admitted, error),
+      );
     } else {
       proceed(admission);
     }

@@ -81,7 +81,16 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
     };
     const admission = admit(runtime, req, upgrading, target);
     if (admission instanceof Promise) {
-      admission.then(proceed).catch((error: unknown) => failUpgrade(ctx, socket, upgrading, error));
+      admission.then(
+        (decided) => {
+          try {
+            proceed(decided);
+          } catch (error) {
+            failUpgrade(ctx, socket, upgrading, error);
+          }
+        },
+        (error: unknown) => failUpgrade(ctx, socket, upgrading, error),
+      );
     } else {
       proceed(admission);
     }

@@ -227,32 +227,25 @@ describe("identityHeaders", () => {
 });
 
 describe("responseHeaders", () => {
-  it("strips hop-by-hop and nominated headers, replaces X-Request-Id", () => {
-    const raw = [
-      "content-type",
-      "text/plain",
-      "Connection",
-      "keep-alive, X-Secret-Hop",
-      "Keep-Alive",
-      "timeout=5",
-      "Transfer-Encoding",
-      "chunked",
-      "X-Secret-Hop",
-      "1",
-      "X-Request-Id",
-      "from-app",
-      "set-cookie",
-      "a=1",
-      "set-cookie",
-      "b=2",
-    ].map((value) => Buffer.from(value, "latin1"));
-    expect(responseHeaders(raw, "rid")).toEqual([
+  it("strips hop-by-hop and nominated headers, replaces X-Request-Id, keeps repeated ones", () => {
+    // undici's parsed form: lower-case names, repeated headers as arrays.
+    const parsed = {
+      "content-type": "text/plain",
+      connection: "keep-alive, X-Secret-Hop",
+      "keep-alive": "timeout=5",
+      "transfer-encoding": "chunked",
+      "x-secret-hop": "1",
+      "x-request-id": "from-app",
+      "set-cookie": ["a=1", "b=2"],
+      "content-length": "5",
+    };
+    expect(responseHeaders(parsed, "rid")).toEqual([
       "content-type",
       "text/plain",
       "set-cookie",
-      "a=1",
-      "set-cookie",
-      "b=2",
+      ["a=1", "b=2"],
+      "content-length",
+      "5",
       "x-request-id",
       "rid",
     ]);

@@ -44,6 +44,8 @@ export interface RunningOperator {
   hasSynced(): boolean;
   /** Keys waiting in the current term's queue (0 when not leading). */
   queueDepth(): number;
+  /** The object as this replica's cache holds it (tests wait for the cache to catch up). */
+  cached(kind: keyof Caches, namespace: string, name: string): KubeObject | undefined;
   /** Enqueues every cached policy (a manual resync). */
   resync(): void;
   /** Resolves when the leader's queue has nothing ready or running. */
@@ -203,6 +205,7 @@ export async function startOperator(options: StartOperatorOptions): Promise<Runn
     isLeader: () => queue !== undefined,
     hasSynced: synced,
     queueDepth: () => queue?.depth() ?? 0,
+    cached: (kind, namespace, name) => caches[kind].get(namespace, name),
     resync: enqueueAll,
     idle: async () => {
       await queue?.idle();

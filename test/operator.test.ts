@@ -204,15 +204,26 @@ describe("the example policy on the example app", () => {
 
   it("writes nothing when reconciling again", async () => {
     await running.operator.idle();
-    const paths = [
-      PATHS.policy(ns, "orders-api"),
-      PATHS.deployment(ns, "orders-api"),
-      PATHS.service(ns, "orders-api"),
-      PATHS.configMap(ns, "portcullis-orders-api"),
-    ];
+    const objects = [
+      { kind: "policies", path: PATHS.policy(ns, "orders-api"), name: "orders-api" },
+      { kind: "deployments", path: PATHS.deployment(ns, "orders-api"), name: "orders-api" },
+      { kind: "services", path: PATHS.service(ns, "orders-api"), name: "orders-api" },
+      {
+        kind: "configMaps",
+        path: PATHS.configMap(ns, "portcullis-orders-api"),
+        name: "portcullis-orders-api",
+      },
+    ] as const;
     const versions = async () =>
-      Promise.all(paths.map(async (p) => (await client.get<KubeObject>(p)).metadata?.resourceVersion));
+      Promise.all(objects.map(async (o) => (await client.get<KubeObject>(o.path)).metadata?.resourceVersion));
     const before = await versions();
+    // Compare like with like: the operator's caches have seen the objects as served now.
+    await eventually("the operator's caches caught up", () =>
+      objects.every(
+        (o, i) => running.operator.cached(o.kind, ns, o.name)?.metadata?.resourceVersion === before[i],
+      ),
+    );
+    await running.operator.idle();
     const mark = running.calls.calls.length;
     running.operator.resync();
     await running.operator.idle();

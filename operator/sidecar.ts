@@ -118,8 +118,9 @@ export function sidecarContainer(
       { name: LISTENER_PORT_NAME, containerPort: spec.listener.port, protocol: "TCP" },
       { name: ADMIN_PORT_NAME, containerPort: spec.sidecar.adminPort, protocol: "TCP" },
     ],
-    // Generous: the first JWKS fetch may wait on a slow IdP; the app gets no traffic meanwhile.
-    startupProbe: { ...adminProbe("/readyz"), periodSeconds: 1, timeoutSeconds: 2, failureThreshold: 300 },
+    // A native sidecar's startup probe gates the app containers' start, and /readyz waits for the app:
+    // startup may only ask whether the proxy runs. Readiness (keys warm, app listening) gates traffic.
+    startupProbe: { ...adminProbe("/healthz"), periodSeconds: 1, timeoutSeconds: 2, failureThreshold: 60 },
     readinessProbe: { ...adminProbe("/readyz"), periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2 },
     livenessProbe: { ...adminProbe("/healthz"), periodSeconds: 10, timeoutSeconds: 2, failureThreshold: 3 },
     resources: sidecarResources(spec, config),

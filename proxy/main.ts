@@ -10,6 +10,9 @@
 // the body and in portcullis_jwks_age_seconds but does not flip readiness: every replica would flip at
 // once and Kubernetes would drop all endpoints, turning one issuer's trouble into a full outage.
 //
+// The app's reachability is part of readiness (see upstream-probe.ts); liveness (/healthz) is not, so
+// the kubelet never restarts the sidecar because the app is slow to start.
+//
 // Errors that escape every handler are logged (type and message, never a stack) and counted; the
 // process keeps serving. Bad input is handled on the request path; what escapes is a bug in one
 // callback, and killing every in-flight request of the pod for it would make any such bug a DoS.
@@ -25,6 +28,7 @@ import { DEFAULT_BIND_HOST, type HostPort, type ProxyConfig, readProxyConfig } f
 import { createProxyMetrics } from "./metrics.ts";
 import { openPolicySource } from "./policy-source.ts";
 import { createProxyServer } from "./server.ts";
+import { probeUpstream } from "./upstream-probe.ts";
 
 const DRAIN_POLL_MS = 50;
 
@@ -106,8 +110,11 @@ async function run(config: ProxyConfig): Promise<void> {
   const adminAt: HostPort = config.admin ?? { host: DEFAULT_BIND_HOST, port: spec.sidecar.adminPort };
 
   let warmOnce = false;
+  const upstream = probeUpstream(config.upstream);
   const readiness = (): Readiness => {
     if (draining) return { ready: false, reason: "draining" };
+    if (!upstream.reachable())
+      return { ready: false, reason: `upstream ${config.upstream.host} not accepting connections` };
     if (source.keysWarm()) return { ready: true };
     if (warmOnce) return { ready: true, note: `signing keys unavailable for ${coldIssuers().join(", ")}` };
     return { ready: false, reason: `waiting for signing keys of ${coldIssuers().join(", ")}` };

@@ -29,6 +29,7 @@ export function startSupervisedProcess(
   command: string,
   args: readonly string[],
   logPath: string,
+  options: { cwd?: string | undefined; env?: NodeJS.ProcessEnv } = {},
 ): SupervisedProcess {
   const log = openSync(logPath, "a");
   // setpriv execs the command in place, so the pid we hold is the command's own.
@@ -37,7 +38,11 @@ export function startSupervisedProcess(
     : [command, [...args]];
   let child: ChildProcess;
   try {
-    child = spawn(file, argv, { stdio: ["ignore", log, log] });
+    child = spawn(file, argv, {
+      stdio: ["ignore", log, log],
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+    });
   } finally {
     closeSync(log);
   }

@@ -4,6 +4,7 @@
 
 import type { V1ConfigMap, V1Deployment, V1Service } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse } from "yaml";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
 import type { KubeClient } from "../operator/kube-client.ts";
 import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
@@ -146,7 +147,9 @@ describe("end to end: operator, sidecar and app on a real control plane", () => 
     const configMapName = template?.spec?.volumes?.find((v) => v.configMap)?.configMap?.name ?? "";
     const updated = await eventually("the ConfigMap carries the new rule", async () => {
       const configMap = await client.get<V1ConfigMap>(PATHS.configMap(ns, configMapName));
-      return configMap.data?.["policy.yaml"]?.includes("- admin") ? configMap : undefined;
+      const document = parse(configMap.data?.["policy.yaml"] ?? "") as ServedPolicy;
+      const rule = document.spec.authorization.rules.find((r) => r.name === "read-orders");
+      return JSON.stringify(rule?.anyRole) === '["admin"]' ? configMap : undefined;
     });
     expect((await client.get<V1Deployment>(PATHS.deployment(ns, name))).spec?.template).toEqual(template);
 
@@ -157,7 +160,9 @@ describe("end to end: operator, sidecar and app on a real control plane", () => 
     await eventually(
       "the reader loses GET /orders",
       async () => (await call(port, "/orders", { token: reader })).status === 403,
-    );
+    ).catch((error: Error) => {
+      throw new Error(`${error.message}\nsidecar log:\n${pod?.processes.get("portcullis")?.logTail(30)}`);
+    });
     expect((await call(port, "/orders", { token: await idp.token("admin") })).status).toBe(200);
   });
 

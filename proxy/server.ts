@@ -24,7 +24,7 @@ export interface ProxyServerOptions {
   upstream: URL;
   logger: pino.Logger;
   metrics?: RequestMetrics;
-  /** Upstream connections. Default: twice the CPUs available. */
+  /** Upstream connections. Default: DEFAULT_UPSTREAM_CONNECTIONS (forward.ts). */
   upstreamConnections?: number;
 }
 

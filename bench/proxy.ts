@@ -1,0 +1,416 @@
+// The proxy against a bare node:http + undici pass-through, same tiny upstream, same load (wrk, 32
+// connections): requests/s, p50/p99 latency, CPU time per request and peak RSS of the server process,
+// and the ratio. Each server runs in a child process of its own so its CPU and memory are its own.
+//   npx node bench/proxy.ts [--seconds 10] [--rounds 1]
+//
+// Servers measured:
+//   pass-through (stream)    node:http + undici Pool.stream(), the shape FIELD-NOTES measured
+//   pass-through (dispatch)  node:http + undici Pool.dispatch() writing into res, what forward.ts does
+//   portcullis               createProxyServer with the example policy: RS256 bearer token, anyRole rule,
+//                            header hygiene, identity headers, JSON access log to stdout, metrics
+// The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through.
+
+import { type ChildProcess, execFileSync, fork } from "node:child_process";
+import { once } from "node:events";
+import { openSync, readFileSync } from "node:fs";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
+import { Pool } from "undici";
+import { parse } from "yaml";
+import { DEFAULT_UPSTREAM_CONNECTIONS } from "../proxy/forward.ts";
+
+const ROLE = process.argv[2];
+const CONNECTIONS = 32;
+const UPSTREAM_BODY = Buffer.from('{"orders":[{"id":1,"item":"espresso beans"}]}');
+
+type ServerKind = "upstream" | "stream" | "dispatch" | "portcullis" | "portcullis-quiet";
+
+interface Ready {
+  port: number;
+}
+
+interface Usage {
+  cpuMicros: number;
+  /** The event loop's thread alone (no GC helpers, no thread pool). */
+  mainThreadCpuMicros: number;
+  maxRssBytes: number;
+}
+
+// ---- child processes ------------------------------------------------------------------------------
+
+/** Messages from the parent: "usage-start" begins a window, "usage-stop" answers with its Usage. */
+function serveUsage(): void {
+  let start = process.cpuUsage();
+  let startThread = process.threadCpuUsage();
+  process.on("message", (message: unknown) => {
+    if (message === "usage-start") {
+      start = process.cpuUsage();
+      startThread = process.threadCpuUsage();
+    } else if (message === "usage-stop") {
+      const cpu = process.cpuUsage(start);
+      const thread = process.threadCpuUsage(startThread);
+      const usage: Usage = {
+        cpuMicros: cpu.user + cpu.system,
+        mainThreadCpuMicros: thread.user + thread.system,
+        maxRssBytes: process.resourceUsage().maxRSS * 1024,
+      };
+      process.send?.(usage);
+    } else if (message === "exit") {
+      // A normal exit, so --cpu-prof and friends write their output.
+      process.exit(0);
+    }
+  });
+}
+
+async function listen(server: ReturnType<typeof createServer>): Promise<void> {
+  server.keepAliveTimeout = 65_000;
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const ready: Ready = { port: (server.address() as AddressInfo).port };
+  process.send?.(ready);
+  serveUsage();
+}
+
+async function runUpstream(): Promise<void> {
+  await listen(
+    createServer((_req, res) => {
+      res.writeHead(200, [
+        "content-type",
+        "application/json",
+        "content-length",
+        String(UPSTREAM_BODY.length),
+      ]);
+      res.end(UPSTREAM_BODY);
+    }),
+  );
+}
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "te",
+  "trailer",
+  "upgrade",
+  "expect",
+]);
+
+function passThroughPool(upstream: string): Pool {
+  // The proxy's own default, so both sides queue (or not) alike.
+  return new Pool(upstream, { connections: DEFAULT_UPSTREAM_CONNECTIONS, pipelining: 1 });
+}
+
+/** The minimum a pass-through must do: drop hop-by-hop headers both ways, stream both bodies. */
+function requestHeaders(req: IncomingMessage): string[] {
+  const out: string[] = [];
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
+  }
+  return out;
+}
+
+function responseHeaders(raw: readonly (Buffer | string)[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toString("latin1");
+    if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, raw[i + 1]!.toString("latin1"));
+  }
+  return out;
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers["content-length"];
+  return (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
+}
+
+async function runStreamPassThrough(upstream: string): Promise<void> {
+  const pool = passThroughPool(upstream);
+  await listen(
+    createServer((req: IncomingMessage, res: ServerResponse) => {
+      pool
+        .stream(
+          {
+            method: req.method as "GET",
+            path: req.url ?? "/",
+            headers: requestHeaders(req),
+            body: hasBody(req) ? req : null,
+            responseHeaders: "raw",
+          },
+          ({ statusCode, headers }) => {
+            res.writeHead(statusCode, responseHeaders(headers as unknown as Buffer[]));
+            return res;
+          },
+        )
+        .catch(() => {
+          if (!res.headersSent) res.writeHead(502).end();
+          else res.destroy();
+        });
+    }),
+  );
+}
+
+async function runDispatchPassThrough(upstream: string): Promise<void> {
+  const pool = passThroughPool(upstream);
+  await listen(
+    createServer((req: IncomingMessage, res: ServerResponse) => {
+      let upstreamController: { abort(error: Error): void; resume(): void } | undefined;
+      let settled = false;
+      // A client that leaves must release the upstream connection (a paused one would be stuck).
+      res.once("close", () => {
+        if (!settled) upstreamController?.abort(new Error("client closed"));
+      });
+      pool.dispatch(
+        {
+          method: req.method as "GET",
+          path: req.url ?? "/",
+          headers: requestHeaders(req),
+          body: hasBody(req) ? req : null,
+        },
+        {
+          onRequestStart(controller) {
+            upstreamController = controller;
+            if (res.destroyed) controller.abort(new Error("client closed"));
+          },
+          onResponseStart(controller, statusCode) {
+            res.writeHead(statusCode, responseHeaders(controller.rawHeaders as Buffer[]));
+          },
+          onResponseData(controller, chunk) {
+            if (!res.write(chunk)) {
+              controller.pause();
+              res.once("drain", () => controller.resume());
+            }
+          },
+          onResponseEnd() {
+            settled = true;
+            res.end();
+          },
+          onResponseError() {
+            settled = true;
+            if (!res.headersSent) res.writeHead(502).end();
+            else res.destroy();
+          },
+        },
+      );
+    }),
+  );
+}
+
+/** `level` "warn" turns the access log off (as --log-level=warn would), to show what it costs. */
+async function runPortcullis(upstream: string, issuer: string, level: "info" | "warn"): Promise<void> {
+  const [{ compilePolicy }, { validatePolicyObject }, { KeySetRegistry }, { createBearerVerifier }] =
+    await Promise.all([
+      import("../policy/compile.ts"),
+      import("../policy/validate.ts"),
+      import("../proxy/authn/key-set.ts"),
+      import("../proxy/authn/verify-bearer.ts"),
+    ]);
+  const [{ createLogger }, { createProxyMetrics }, { createProxyServer }] = await Promise.all([
+    import("../proxy/access-log.ts"),
+    import("../proxy/metrics.ts"),
+    import("../proxy/server.ts"),
+  ]);
+  const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
+  document.spec.authentication.issuers[0].issuer = issuer;
+  const { policy: valid, problems } = validatePolicyObject(document);
+  if (!valid) throw new Error(JSON.stringify(problems));
+  const policy = compilePolicy(valid);
+  const keySets = new KeySetRegistry();
+  const runtime = { policy, verifier: createBearerVerifier(policy, { keySets }) };
+  await runtime.verifier.ready();
+  const metrics = createProxyMetrics();
+  const proxy = createProxyServer({
+    current: () => runtime,
+    upstream: new URL(upstream),
+    logger: createLogger({ format: "json", level }),
+    metrics,
+  });
+  await listen(proxy.server);
+}
+
+// ---- the parent: load generator and report ----------------------------------------------------------
+
+interface Measurement {
+  requestsPerSecond: number;
+  requests: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+}
+
+function hasWrk(): boolean {
+  try {
+    execFileSync("wrk", ["--version"], { stdio: "ignore" });
+    return true;
+  } catch (error) {
+    // wrk --version exits 1 after printing its version.
+    return (error as { status?: number }).status === 1;
+  }
+}
+
+function toMs(value: string): number {
+  const match = /^([\d.]+)(us|ms|s)$/.exec(value.trim());
+  if (!match) return Number.NaN;
+  const n = Number(match[1]);
+  return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n;
+}
+
+function wrk(url: string, seconds: number, token: string): Measurement {
+  const output = execFileSync(
+    "wrk",
+    ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--latency", "-H", `Authorization: Bearer ${token}`, url],
+    { encoding: "utf8" },
+  );
+  const requests = Number(/(\d+) requests in/.exec(output)?.[1]);
+  const errors =
+    Number(/Non-2xx or 3xx responses: (\d+)/.exec(output)?.[1] ?? 0) +
+    [...output.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((sum, m) => sum + Number(m[2]), 0);
+  return {
+    requests,
+    requestsPerSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]),
+    p50Ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ""),
+    p99Ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ""),
+    errors,
+  };
+}
+
+interface Child {
+  kind: ServerKind;
+  process: ChildProcess;
+  port: number;
+}
+
+async function start(kind: ServerKind, args: string[] = []): Promise<Child> {
+  // Access logs go where a container's stdout would: written, never read here.
+  const devNull = openSync("/dev/null", "w");
+  const child = fork(new URL(import.meta.url).pathname, [kind, ...args], {
+    stdio: ["ignore", devNull, "inherit", "ipc"],
+  });
+  const [message] = (await once(child, "message")) as [Ready];
+  return { kind, process: child, port: message.port };
+}
+
+async function usage(child: Child, message: "usage-start" | "usage-stop"): Promise<Usage | undefined> {
+  child.process.send(message);
+  if (message === "usage-start") return undefined;
+  const [answer] = (await once(child.process, "message")) as [Usage];
+  return answer;
+}
+
+interface Result extends Measurement {
+  cpuMicrosPerRequest: number;
+  mainThreadMicrosPerRequest: number;
+  maxRssMiB: number;
+}
+
+async function measure(child: Child, seconds: number, token: string): Promise<Result> {
+  const url = `http://127.0.0.1:${child.port}/orders`;
+  await usage(child, "usage-start");
+  const load = wrk(url, seconds, token);
+  const used = (await usage(child, "usage-stop"))!;
+  return {
+    ...load,
+    cpuMicrosPerRequest: used.cpuMicros / load.requests,
+    mainThreadMicrosPerRequest: used.mainThreadCpuMicros / load.requests,
+    maxRssMiB: used.maxRssBytes / 1024 / 1024,
+  };
+}
+
+function mean(results: readonly Result[], pick: (r: Result) => number): number {
+  return results.reduce((sum, r) => sum + pick(r), 0) / results.length;
+}
+
+const LABELS: Record<ServerKind, string> = {
+  upstream: "upstream",
+  stream: "pass-through (stream)",
+  dispatch: "pass-through (dispatch)",
+  portcullis: "portcullis",
+  "portcullis-quiet": "portcullis, log off",
+};
+
+function row(cells: readonly (string | number)[], widths: readonly number[]): string {
+  return cells
+    .map((cell, i) => (i === 0 ? String(cell).padEnd(widths[i]!) : String(cell).padStart(widths[i]!)))
+    .join(" ");
+}
+
+async function main(): Promise<void> {
+  const flag = (name: string, fallback: number) => {
+    const at = process.argv.indexOf(name);
+    return at > 0 ? Number(process.argv[at + 1]) : fallback;
+  };
+  const seconds = flag("--seconds", 10);
+  const rounds = flag("--rounds", 1);
+  if (!hasWrk()) {
+    console.log("bench/proxy.ts: wrk is not installed (apt-get install -y wrk); skipped.");
+    return;
+  }
+  const { startIdentityProvider } = await import("../examples/idp.ts");
+  const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 3600 });
+  const token = await idp.token("reader");
+  const upstream = await start("upstream");
+  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+  const servers = [
+    await start("stream", [upstreamUrl]),
+    await start("dispatch", [upstreamUrl]),
+    await start("portcullis", [upstreamUrl, idp.issuer]),
+    await start("portcullis-quiet", [upstreamUrl, idp.issuer]),
+  ];
+  try {
+    // Warm-up: JIT (a few seconds matter on this machine), connection pools, the token cache.
+    for (const server of servers) wrk(`http://127.0.0.1:${server.port}/orders`, 5, token);
+    const results = new Map<ServerKind, Result[]>(servers.map((s) => [s.kind, []]));
+    // Alternating rounds, so other load on the machine lands on every server alike.
+    for (let round = 0; round < rounds; round++) {
+      for (const server of servers) results.get(server.kind)!.push(await measure(server, seconds, token));
+    }
+    console.log(
+      `node ${process.version}, ${availableParallelism()} CPUs; wrk -t1 -c${CONNECTIONS} -d${seconds}s x ${rounds} round(s); GET /orders, RS256 bearer token; tiny node:http upstream`,
+    );
+    const widths = [24, 8, 7, 7, 11, 12, 9, 7];
+    console.log(
+      row(["server", "req/s", "p50 ms", "p99 ms", "CPU us/req", "main us/req", "peak RSS", "errors"], widths),
+    );
+    for (const server of servers) {
+      const r = results.get(server.kind)!;
+      console.log(
+        row(
+          [
+            LABELS[server.kind],
+            mean(r, (x) => x.requestsPerSecond).toFixed(0),
+            mean(r, (x) => x.p50Ms).toFixed(2),
+            mean(r, (x) => x.p99Ms).toFixed(2),
+            mean(r, (x) => x.cpuMicrosPerRequest).toFixed(1),
+            mean(r, (x) => x.mainThreadMicrosPerRequest).toFixed(1),
+            `${Math.max(...r.map((x) => x.maxRssMiB)).toFixed(0)} MiB`,
+            r.reduce((sum, x) => sum + x.errors, 0),
+          ],
+          widths,
+        ),
+      );
+    }
+    const rps = (kind: ServerKind) => mean(results.get(kind)!, (x) => x.requestsPerSecond);
+    const cpu = (kind: ServerKind) => mean(results.get(kind)!, (x) => x.cpuMicrosPerRequest);
+    for (const [kind, baseline] of [
+      ["portcullis", "stream"],
+      ["portcullis", "dispatch"],
+      ["portcullis-quiet", "stream"],
+    ] as const) {
+      console.log(
+        `${LABELS[kind]} / ${LABELS[baseline]}: ${(rps(kind) / rps(baseline)).toFixed(2)}x req/s, ${(cpu(kind) / cpu(baseline)).toFixed(2)}x CPU per request`,
+      );
+    }
+    console.log("budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's req/s");
+  } finally {
+    for (const child of [upstream, ...servers]) child.process.kill();
+    await idp.stop();
+  }
+}
+
+if (ROLE === "upstream") await runUpstream();
+else if (ROLE === "stream") await runStreamPassThrough(process.argv[3]!);
+else if (ROLE === "dispatch") await runDispatchPassThrough(process.argv[3]!);
+else if (ROLE === "portcullis") await runPortcullis(process.argv[3]!, process.argv[4]!, "info");
+else if (ROLE === "portcullis-quiet") await runPortcullis(process.argv[3]!, process.argv[4]!, "warn");
+else await main();

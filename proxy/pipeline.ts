@@ -333,7 +333,16 @@ export function upstreamHeaders(
   );
 }
 
-export function handleRequest(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse): void {
+/**
+ * The HTTP request handler. `expectsContinue`: the client sent `Expect: 100-continue` and waits; it
+ * gets its 100 only once the request is admitted, so a refused upload is never sent at all.
+ */
+export function handleRequest(
+  ctx: ProxyContext,
+  req: IncomingMessage,
+  res: ServerResponse,
+  expectsContinue = false,
+): void {
   const start = performance.now();
   ctx.inFlight++;
   let exchange: Exchange | undefined;
@@ -367,6 +376,7 @@ export function handleRequest(ctx: ProxyContext, req: IncomingMessage, res: Serv
         completeExchange(ctx, admitted, 499, undefined);
         return;
       }
+      if (expectsContinue) res.writeContinue();
       forward(
         ctx.pool,
         res,

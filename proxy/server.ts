@@ -70,6 +70,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     },
     (req, res) => handleRequest(ctx, req, res),
   );
+  // Without this listener Node answers 100 Continue before the request is authorised.
+  server.on("checkContinue", (req, res) => handleRequest(ctx, req, res, true));
   server.on("upgrade", (req, socket: Duplex, head: Buffer) => handleUpgrade(ctx, req, socket, head));
   // CONNECT's authority-form target is never a route of the app.
   server.on("connect", (req, socket: Duplex) => {

@@ -1,6 +1,7 @@
 // The proxy's request path against the real IdP and the real FastAPI app: who gets which status on
 // which route, what every refusal looks like, and what reached (or never reached) the app.
-import { createServer } from "node:net";
+import { once } from "node:events";
+import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CompiledPolicy } from "../policy/compile.ts";
 import { type RunningProxy, rawRequest, type Stack, startProxy, startStack } from "./support/proxy.ts";
@@ -258,6 +259,50 @@ describe("identity headers: spoofed copies never reach the app", () => {
     }
     expect(identity.forwarded["x-forwarded-proto"]).toEqual(["http"]);
     expect(identity.forwarded["x-forwarded-host"]).toEqual(["proxy"]);
+  });
+});
+
+describe("methods and Expect: 100-continue", () => {
+  it("a method no rule names falls to the default: 403 with a token, 401 without", async () => {
+    const head = (auth: string) => `PROPFIND /orders HTTP/1.1\nHost: proxy${auth}`;
+    expect((await rawRequest(stack.proxy.port, head(`\nAuthorization: Bearer ${tokens.admin}`))).status).toBe(
+      403,
+    );
+    expect((await rawRequest(stack.proxy.port, head(""))).status).toBe(401);
+  });
+
+  it("a method Node's parser does not know: 400", async () => {
+    expect((await rawRequest(stack.proxy.port, "BREW /orders HTTP/1.1\nHost: proxy")).status).toBe(400);
+  });
+
+  it("a refused upload gets its answer instead of 100 Continue", async () => {
+    const response = await rawRequest(
+      stack.proxy.port,
+      "POST /upload HTTP/1.1\nHost: proxy\nContent-Length: 1000000\nExpect: 100-continue",
+    );
+    expect(response.status).toBe(401);
+    expect(response.header("connection")).toBe("close");
+  });
+
+  it("an admitted upload gets 100 Continue, then the app's answer; Expect is not forwarded", async () => {
+    const socket = connect(stack.proxy.port, "127.0.0.1");
+    await once(socket, "connect");
+    socket.write(
+      `POST /upload HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer ${tokens.reader}\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n`,
+    );
+    const [interim] = (await once(socket, "data")) as [Buffer];
+    expect(interim.toString("latin1")).toMatch(/^HTTP\/1\.1 100 Continue\r\n/);
+    socket.write("hello");
+    const chunks: Buffer[] = [];
+    for await (const chunk of socket) chunks.push(chunk as Buffer);
+    const text = Buffer.concat(chunks).toString("utf8");
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+    const body = JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)) as { bytes: number } & Record<
+      string,
+      unknown
+    >;
+    expect(body.bytes).toBe(5);
+    expect(echo(body).raw_headers.map(([name]) => name)).not.toContain("expect");
   });
 });
 

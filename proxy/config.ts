@@ -29,6 +29,8 @@ export interface ProxyConfig {
   logLevel?: LogLevel;
   /** How long SIGTERM waits for in-flight requests before exiting anyway. */
   drainSeconds: number;
+  /** Where `store: redis` rate limits keep their buckets; undefined: those limits use local buckets. */
+  redisUrl?: string;
 }
 
 export const DEFAULT_DRAIN_SECONDS = 25;
@@ -51,6 +53,9 @@ export const USAGE = `usage: portcullis-proxy --policy <file> --upstream <url> [
                            env PORTCULLIS_LOG_LEVEL
   --drain-seconds <n>      on SIGTERM, wait this long for in-flight requests (default ${DEFAULT_DRAIN_SECONDS})
                            env PORTCULLIS_DRAIN_SECONDS
+  --redis-url <url>        redis[s]://[user:password@]host:port[/db] for \`store: redis\` rate limits
+                           (default none: those limits count per sidecar)
+                           env PORTCULLIS_REDIS_URL
   -h, --help               show this help
 `;
 
@@ -62,6 +67,7 @@ const OPTIONS = {
   "log-format": { type: "string", env: "PORTCULLIS_LOG_FORMAT" },
   "log-level": { type: "string", env: "PORTCULLIS_LOG_LEVEL" },
   "drain-seconds": { type: "string", env: "PORTCULLIS_DRAIN_SECONDS" },
+  "redis-url": { type: "string", env: "PORTCULLIS_REDIS_URL" },
 } as const;
 type OptionName = keyof typeof OPTIONS;
 
@@ -148,7 +154,41 @@ export function readProxyConfig(
     }
     config.drainSeconds = seconds;
   }
+
+  const redis = raw("redis-url");
+  if (redis !== undefined) {
+    const problem = redisUrlProblem(redis);
+    if (problem !== undefined) return { error: `${source("redis-url")}: ${problem}` };
+    config.redisUrl = redis;
+  }
   return config;
+}
+
+/**
+ * Why `text` is not a Redis URL node-redis can use, or undefined. Never quotes the text: it may carry
+ * a password.
+ */
+export function redisUrlProblem(text: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return "not a URL; expected redis://<host>:<port> or rediss://<host>:<port>";
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+    return `expected redis:// or rediss://, got ${url.protocol}//`;
+  }
+  if (url.hostname === "") return "the URL names no host";
+  if (!/^(\/\d{0,5})?$/.test(url.pathname)) return "the path, when given, is a database number (/0)";
+  return undefined;
+}
+
+/** The URL without credentials, for log lines. */
+export function redactedUrl(text: string): string {
+  const url = new URL(text);
+  url.username = "";
+  url.password = "";
+  return url.href;
 }
 
 function isOneOf<T extends string>(choices: readonly T[], value: string): value is T {

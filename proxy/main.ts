@@ -13,6 +13,11 @@
 // The app's reachability is part of readiness (see upstream-probe.ts); liveness (/healthz) is not, so
 // the kubelet never restarts the sidecar because the app is slow to start.
 //
+// Rate limits and the identity assertion's signing key belong to the process, not to a policy: one
+// RateLimiter (buckets survive hot reloads; `store: redis` limits share Redis when --redis-url is set and
+// fall back to local buckets while it is unreachable) and one Ed25519 key, generated here and published
+// on the admin listener's /jwks.json.
+//
 // Errors that escape every handler are logged (type and message, never a stack) and counted; the
 // process keeps serving. Bad input is handled on the request path; what escapes is a bug in one
 // callback, and killing every in-flight request of the pod for it would make any such bug a DoS.
@@ -20,17 +25,30 @@
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import type pino from "pino";
+import type { CompiledPolicy } from "../policy/compile.ts";
 import { formatProblem, PolicyError } from "../policy/problems.ts";
 import { createLogger, serializeError } from "./access-log.ts";
 import { createAdminServer, type Readiness } from "./admin.ts";
+import { createAssertionSigner } from "./assertion.ts";
 import { KeySetRegistry } from "./authn/key-set.ts";
-import { DEFAULT_BIND_HOST, type HostPort, type ProxyConfig, readProxyConfig } from "./config.ts";
+import {
+  DEFAULT_BIND_HOST,
+  type HostPort,
+  type ProxyConfig,
+  readProxyConfig,
+  redactedUrl,
+} from "./config.ts";
 import { createProxyMetrics } from "./metrics.ts";
 import { openPolicySource } from "./policy-source.ts";
+import { RateLimiter } from "./rate-limit.ts";
+import { connectRedisBuckets, type RedisBucketStore } from "./redis-buckets.ts";
 import { createProxyServer } from "./server.ts";
 import { probeUpstream } from "./upstream-probe.ts";
 
 const DRAIN_POLL_MS = 50;
+/** While Redis is unreachable every limited request falls back: say so at most this often. */
+const FALLBACK_LOG_INTERVAL_MS = 60_000;
 
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
   const config = readProxyConfig(argv, env);
@@ -73,6 +91,10 @@ async function run(config: ProxyConfig): Promise<void> {
   });
   metrics.observeKeySetAges(() => keySets.keySets().map((set) => [set.issuer, set.ageSeconds()] as const));
 
+  // Connects while the policy loads; serving starts on local buckets if Redis does not answer soon.
+  const redis = config.redisUrl === undefined ? undefined : connectRedisBuckets(config.redisUrl);
+  const warnUnsharedLimits = unsharedLimitsWarning(logger, config.redisUrl !== undefined);
+
   let listenPort: number | undefined;
   let source: Awaited<ReturnType<typeof openPolicySource>>;
   try {
@@ -94,6 +116,7 @@ async function run(config: ProxyConfig): Promise<void> {
             "spec.listener.port changed; it takes effect when the sidecar restarts",
           );
         }
+        warnUnsharedLimits(policy);
       },
     });
   } catch (error) {
@@ -121,8 +144,24 @@ async function run(config: ProxyConfig): Promise<void> {
   };
   const coldIssuers = () => keySets.keySets().flatMap((set) => (set.isReady() ? [] : [set.issuer]));
 
-  const proxy = createProxyServer({ current: source.current, upstream: config.upstream, logger, metrics });
-  const admin = createAdminServer({ ready: readiness, metrics });
+  const shared = await redis;
+  if (config.redisUrl !== undefined) {
+    logger.info({ redis: redactedUrl(config.redisUrl) }, "store: redis rate limits share buckets in Redis");
+  }
+  const rateLimiter = new RateLimiter({
+    ...(shared === undefined ? {} : { shared }),
+    onFallback: fallbackWarning(logger),
+  });
+  const assertionSigner = createAssertionSigner();
+  const proxy = createProxyServer({
+    current: source.current,
+    upstream: config.upstream,
+    logger,
+    metrics,
+    rateLimiter,
+    assertionSigner,
+  });
+  const admin = createAdminServer({ ready: readiness, metrics, publicKeys: () => assertionSigner.jwks });
   metrics.observeInFlight(() => proxy.inFlight());
   let bound: { listen: string; admin: string };
   try {
@@ -160,6 +199,7 @@ async function run(config: ProxyConfig): Promise<void> {
     const stuck = proxy.inFlight();
     source.close();
     keySets.close();
+    await closeQuietly(shared);
     admin.close();
     admin.closeAllConnections();
     if (stuck > 0) {
@@ -178,6 +218,42 @@ async function run(config: ProxyConfig): Promise<void> {
       });
     });
   }
+}
+
+/** Warns once per process when a policy has `store: redis` limits and no Redis is configured. */
+function unsharedLimitsWarning(
+  logger: pino.Logger,
+  redisConfigured: boolean,
+): (policy: CompiledPolicy) => void {
+  let warned = redisConfigured;
+  return (policy) => {
+    if (warned) return;
+    const limits = policy.spec.rateLimits.filter((limit) => limit.store === "redis").map((l) => l.name);
+    if (limits.length === 0) return;
+    warned = true;
+    logger.warn(
+      { limits },
+      "rate limits with store: redis, but no --redis-url (PORTCULLIS_REDIS_URL): they count per sidecar",
+    );
+  };
+}
+
+/** The limiter's fallback hook: one warning per interval, not one per request. */
+function fallbackWarning(logger: pino.Logger): (limit: string, error: unknown) => void {
+  let lastMs = Number.NEGATIVE_INFINITY;
+  return (limit, error) => {
+    const now = Date.now();
+    if (now - lastMs < FALLBACK_LOG_INTERVAL_MS) return;
+    lastMs = now;
+    logger.warn(
+      { limit, err: serializeError(error) },
+      "Redis unreachable; store: redis rate limits count on this sidecar's local buckets meanwhile",
+    );
+  };
+}
+
+async function closeQuietly(store: RedisBucketStore | undefined): Promise<void> {
+  await store?.close().catch(() => undefined);
 }
 
 /** Resolves true once the runtime in force has every issuer's keys; false if draining began first. */

@@ -1,9 +1,10 @@
 // The request path as a short pipeline of named steps:
 //   readInboundHeaders -> requestIdFor / traceparentFor -> parseTarget -> matchRule
 //   -> [public: forward | deny rule: 403] -> readBearer -> verifyBearer -> authorizeRoles
-//   -> checkRateLimit -> forward
+//   -> checkRateLimit -> forward (identity headers + signed assertion)
 // Every refusal answers with a problem and never forwards. The runtime (policy + verifier) is read once,
-// at the start, and used for every step of the request.
+// at the start, and used for every step of the request. The rate limiter and the assertion signer are
+// the process's (ProxyContext), so buckets and the signing key outlive policy reloads.
 
 import { randomFillSync } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
@@ -11,6 +12,7 @@ import type { TLSSocket } from "node:tls";
 import type pino from "pino";
 import type { Dispatcher } from "undici";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
+import type { AssertionSigner } from "./assertion.ts";
 import { type Credential, readCredential } from "./authn/credential.ts";
 import type { BearerVerifier, Identity, Verification } from "./authn/verify-bearer.ts";
 import { type ForwardOutcome, forward } from "./forward.ts";
@@ -23,6 +25,7 @@ import {
   readInboundHeaders,
 } from "./headers.ts";
 import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
+import type { RateLimiter, RateLimitSubject, RateLimitVerdict } from "./rate-limit.ts";
 import { parseRequestTarget, type RequestTarget } from "./request-target.ts";
 import type { ProxyRuntime } from "./runtime.ts";
 
@@ -43,6 +46,10 @@ export interface ProxyContext {
   readonly upstream: URL;
   readonly logger: pino.Logger;
   readonly metrics: RequestMetrics | undefined;
+  /** One per process: buckets survive policy reloads. */
+  readonly rateLimiter: RateLimiter;
+  /** One per process: the key the app trusts survives policy reloads. */
+  readonly assertionSigner: AssertionSigner;
   /** HTTP requests received and not yet answered (upgraded connections are not counted). */
   inFlight: number;
 }
@@ -65,6 +72,8 @@ export interface Exchange {
   subject: string | undefined;
   clientId: string | undefined;
   roles: readonly string[] | undefined;
+  /** The limit that refused the request (reason "rate-limited"). */
+  rateLimit: string | undefined;
   /** performance.now() at arrival. */
   start: number;
   /** Counted in ProxyContext.inFlight until completed (HTTP requests; not upgrades). */
@@ -136,17 +145,47 @@ export function authorizeRoles(
   return authorize(rule, policy.defaultAction, identity.roles);
 }
 
-export type RateLimitDecision = { allowed: true } | { allowed: false; retryAfterSeconds: number };
+const ALLOWED: RateLimitVerdict = { allowed: true };
 
-const ALLOWED: RateLimitDecision = { allowed: true };
-
-/** The rate-limit step. Currently allows everything: limits plug in here. */
+/**
+ * The rate-limit step. A rule without limits (the common case) is answered here, synchronously and
+ * without allocating; a limited rule asks the process's limiter (a promise: a bucket may live in Redis).
+ */
 export function checkRateLimit(
-  _rule: CompiledRule | undefined,
-  _identity: Identity | undefined,
-  _req: IncomingMessage,
-): RateLimitDecision {
-  return ALLOWED;
+  limiter: RateLimiter,
+  rule: CompiledRule | undefined,
+  identity: Identity | undefined,
+  req: IncomingMessage,
+): RateLimitVerdict | Promise<RateLimitVerdict> {
+  if (rule === undefined || rule.rateLimits.length === 0) return ALLOWED;
+  return limiter.check(rule.rateLimits, rateLimitSubject(identity, req));
+}
+
+/**
+ * Who a limited request counts against: the verified identity (none on public rules), the socket's
+ * peer (never X-Forwarded-For, which the client writes), and the request's headers by name.
+ */
+export function rateLimitSubject(identity: Identity | undefined, req: IncomingMessage): RateLimitSubject {
+  return {
+    subject: identity?.subject,
+    clientId: identity?.clientId,
+    ip: peerAddress(req),
+    header(name) {
+      // Node's lower-cased map: repeated copies joined with ", " (a distinct bucket, not a bypass).
+      const value = req.headers[name.toLowerCase()];
+      return Array.isArray(value) ? value.join(", ") : value;
+    },
+  };
+}
+
+/** The signed identity assertion for an admitted identity: `aud` is the policy's name. */
+export function signedAssertion(
+  signer: AssertionSigner,
+  policy: CompiledPolicy,
+  identity: Identity,
+  ttlSeconds: number,
+): string {
+  return signer.assertionFor(identity, policy.name, ttlSeconds, Math.floor(Date.now() / 1000));
 }
 
 // ---- admission: the steps from rule match to rate limit, shared with WebSocket upgrades -----------
@@ -163,8 +202,34 @@ function refusal(exchange: Exchange, decision: Decision, reason: string, problem
   return { admitted: false, problem };
 }
 
+/** 429 with Retry-After; the access line names the limit. */
+function rateLimited(exchange: Exchange, verdict: { limit: string; retryAfterSeconds: number }): Admission {
+  exchange.rateLimit = verdict.limit;
+  return refusal(exchange, "deny", "rate-limited", {
+    ...PROBLEMS.tooManyRequests,
+    retryAfterSeconds: verdict.retryAfterSeconds,
+  });
+}
+
+function admitPublic(exchange: Exchange, verdict: RateLimitVerdict): Admission {
+  return verdict.allowed ? PUBLIC : rateLimited(exchange, verdict);
+}
+
+function admitIdentity(
+  exchange: Exchange,
+  reason: Authorization["reason"],
+  identity: Identity,
+  verdict: RateLimitVerdict,
+): Admission {
+  if (!verdict.allowed) return rateLimited(exchange, verdict);
+  exchange.decision = "allow";
+  exchange.reason = reason;
+  return { admitted: true, identity };
+}
+
 /** Decides whether the request is forwarded; records the decision on `exchange`. */
 export function admit(
+  ctx: ProxyContext,
   runtime: ProxyRuntime,
   req: IncomingMessage,
   exchange: Exchange,
@@ -176,8 +241,9 @@ export function admit(
   if (rule?.action.kind === "public") {
     exchange.decision = "allow";
     exchange.reason = "public";
-    const limited = checkRateLimit(rule, undefined, req);
-    return limited.allowed ? PUBLIC : refusal(exchange, "deny", "rate-limited", PROBLEMS.tooManyRequests);
+    const limited = checkRateLimit(ctx.rateLimiter, rule, undefined, req);
+    if (limited instanceof Promise) return limited.then((verdict) => admitPublic(exchange, verdict));
+    return admitPublic(exchange, limited);
   }
   if (rule?.action.kind === "deny") return refusal(exchange, "deny", "deny-rule", PROBLEMS.forbidden);
 
@@ -211,11 +277,11 @@ export function admit(
     if (!authorization.allow) {
       return refusal(exchange, "deny", authorization.reason, PROBLEMS.insufficientScope);
     }
-    const limited = checkRateLimit(rule, identity, req);
-    if (!limited.allowed) return refusal(exchange, "deny", "rate-limited", PROBLEMS.tooManyRequests);
-    exchange.decision = "allow";
-    exchange.reason = authorization.reason;
-    return { admitted: true, identity };
+    const limited = checkRateLimit(ctx.rateLimiter, rule, identity, req);
+    if (limited instanceof Promise) {
+      return limited.then((verdict) => admitIdentity(exchange, authorization.reason, identity, verdict));
+    }
+    return admitIdentity(exchange, authorization.reason, identity, limited);
   });
 }
 
@@ -232,6 +298,7 @@ export function newExchange(requestId: string, method: string, start: number, co
     subject: undefined,
     clientId: undefined,
     roles: undefined,
+    rateLimit: undefined,
     start,
     counted,
     completed: false,
@@ -265,6 +332,7 @@ export function completeExchange(
       subject: exchange.subject,
       clientId: exchange.clientId,
       roles: exchange.roles,
+      rateLimit: exchange.rateLimit,
       status,
       latencyMs: Math.round(latencyMs * 1000) / 1000,
       upstreamMs: upstreamMs === undefined ? undefined : Math.round(upstreamMs * 1000) / 1000,
@@ -313,15 +381,17 @@ export function protoOf(req: IncomingMessage): "http" | "https" {
   return (req.socket as Partial<TLSSocket>).encrypted === true ? "https" : "http";
 }
 
-/** The headers sent upstream for an admitted request. */
+/** The headers sent upstream for an admitted request; the assertion, when asked for, goes last. */
 export function upstreamHeaders(
+  ctx: ProxyContext,
   req: IncomingMessage,
+  policy: CompiledPolicy,
   plan: HeaderPlan,
   inbound: InboundHeaders,
   requestId: string,
   identity: Identity | undefined,
 ): string[] {
-  return forwardHeaders(
+  const headers = forwardHeaders(
     inbound,
     {
       peerAddress: peerAddress(req),
@@ -329,9 +399,20 @@ export function upstreamHeaders(
       requestId,
       traceparent: traceparentFor(inbound),
     },
-    identity === undefined ? [] : identityHeaders(plan, identity),
+    identity === undefined ? NO_IDENTITY : identityHeaders(plan, identity),
   );
+  const assertion = plan.identity.assertion;
+  if (identity !== undefined && assertion !== undefined) {
+    // Every client copy of the header, in any spelling, was stripped with the identity headers.
+    headers.push(
+      assertion.header,
+      signedAssertion(ctx.assertionSigner, policy, identity, assertion.ttlSeconds),
+    );
+  }
+  return headers;
 }
+
+const NO_IDENTITY: readonly string[] = [];
 
 /**
  * The HTTP request handler. `expectsContinue`: the client sent `Expect: 100-continue` and waits; it
@@ -383,7 +464,15 @@ export function handleRequest(
         {
           method: admitted.method,
           path: target.query === "" ? target.rawPath : `${target.rawPath}?${target.query}`,
-          headers: upstreamHeaders(req, plan, inbound, admitted.requestId, decided.identity),
+          headers: upstreamHeaders(
+            ctx,
+            req,
+            runtime.policy,
+            plan,
+            inbound,
+            admitted.requestId,
+            decided.identity,
+          ),
           body: inbound.hasBody ? req : null,
           headersTimeoutMs: runtime.policy.upstreamTimeoutMs,
           requestId: admitted.requestId,
@@ -394,7 +483,7 @@ export function handleRequest(
         },
       );
     };
-    const admission = admit(runtime, req, admitted, target);
+    const admission = admit(ctx, runtime, req, admitted, target);
     if (admission instanceof Promise) {
       // One promise, no .catch() chain; proceed's own throws are caught here, never unhandled.
       admission.then(

@@ -12,6 +12,8 @@ export interface Problem {
   readonly title: string;
   readonly detail: string;
   readonly wwwAuthenticate?: string;
+  /** Sent as `Retry-After` (RFC 9110 section 10.2.3): the seconds until a retry can succeed (429). */
+  readonly retryAfterSeconds?: number;
 }
 
 const TYPE_BASE = "https://portcullis.dev/problems/";
@@ -90,6 +92,7 @@ export function sendProblem(
     requestId,
   ];
   if (p.wwwAuthenticate !== undefined) headers.push("www-authenticate", p.wwwAuthenticate);
+  if (p.retryAfterSeconds !== undefined) headers.push("retry-after", String(p.retryAfterSeconds));
   if (closeConnection) headers.push("connection", "close");
   res.writeHead(p.status, headers);
   res.end(body);
@@ -99,6 +102,7 @@ export function sendProblem(
 export function writeProblemToSocket(socket: Duplex, p: Problem, requestId: string): void {
   const body = problemBody(p, requestId);
   const challenge = p.wwwAuthenticate === undefined ? "" : `WWW-Authenticate: ${p.wwwAuthenticate}\r\n`;
+  const retry = p.retryAfterSeconds === undefined ? "" : `Retry-After: ${p.retryAfterSeconds}\r\n`;
   const head =
     `HTTP/1.1 ${p.status} ${p.title}\r\n` +
     "Content-Type: application/problem+json\r\n" +
@@ -106,6 +110,7 @@ export function writeProblemToSocket(socket: Duplex, p: Problem, requestId: stri
     "Cache-Control: no-store\r\n" +
     `X-Request-Id: ${requestId}\r\n` +
     challenge +
+    retry +
     "Connection: close\r\n\r\n";
   if (!socket.writable) {
     socket.destroy();

@@ -25,10 +25,11 @@ export interface RedisBucketStore extends SharedBucketStore {
 
 export async function connectRedisBuckets(
   url: string,
-  options: { prefix?: string; timeoutMs?: number } = {},
+  options: { prefix?: string; timeoutMs?: number; firstConnectMs?: number } = {},
 ): Promise<RedisBucketStore> {
   const prefix = options.prefix ?? "portcullis:rl:";
   const timeoutMs = options.timeoutMs ?? 250;
+  const firstConnectMs = options.firstConnectMs ?? 1000;
   const client = createClient({
     url,
     // Fail fast instead of queueing while disconnected: the limiter falls back to local buckets.
@@ -37,7 +38,9 @@ export async function connectRedisBuckets(
   });
   // Without a listener, node-redis rethrows connection errors as uncaught exceptions.
   client.on("error", () => {});
-  await client.connect().catch(() => {});
+  // Awaited for at most firstConnectMs: while Redis is down, connect() keeps retrying and never settles,
+  // and the sidecar must start (and serve, on local buckets) anyway. Commands fail fast until it connects.
+  await withTimeout(client.connect(), firstConnectMs).catch(() => {});
   return {
     async take(key, intervalMs, burst) {
       const result = await withTimeout(
@@ -47,7 +50,8 @@ export async function connectRedisBuckets(
       return Number(result);
     },
     async close() {
-      if (client.isOpen) await client.close();
+      // destroy(), not close(): close() waits for a reconnecting client, possibly for ever.
+      if (client.isOpen) client.destroy();
     },
   };
 }

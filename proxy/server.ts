@@ -4,6 +4,7 @@
 import { createServer, type Server, STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
 import type pino from "pino";
+import { type AssertionSigner, createAssertionSigner } from "./assertion.ts";
 import { createUpstreamPool } from "./forward.ts";
 import {
   completeExchange,
@@ -14,6 +15,7 @@ import {
   type RequestMetrics,
 } from "./pipeline.ts";
 import { PROBLEMS, problemBody, writeProblemToSocket } from "./problem.ts";
+import { RateLimiter } from "./rate-limit.ts";
 import type { ProxyRuntime } from "./runtime.ts";
 import { handleUpgrade } from "./websocket.ts";
 
@@ -26,6 +28,13 @@ export interface ProxyServerOptions {
   metrics?: RequestMetrics;
   /** Upstream connections. Default: DEFAULT_UPSTREAM_CONNECTIONS (forward.ts). */
   upstreamConnections?: number;
+  /** The process's limiter, kept across policy reloads. Default: local buckets of this server's own. */
+  rateLimiter?: RateLimiter;
+  /**
+   * Signs the identity assertion when a policy asks for one. Default: a signer of this server's own,
+   * whose public key nobody serves: pass the one whose `jwks` the admin listener publishes.
+   */
+  assertionSigner?: AssertionSigner;
 }
 
 export interface ProxyServer {
@@ -54,6 +63,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     upstream: options.upstream,
     logger: options.logger,
     metrics: options.metrics,
+    rateLimiter: options.rateLimiter ?? new RateLimiter(),
+    assertionSigner: options.assertionSigner ?? createAssertionSigner(),
     inFlight: 0,
   };
   const server = createServer(

@@ -72,14 +72,22 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
         completeExchange(ctx, upgrading, 499, undefined);
         return;
       }
-      const headers = upstreamHeaders(req, plan, inbound, upgrading.requestId, decided.identity);
+      const headers = upstreamHeaders(
+        ctx,
+        req,
+        runtime.policy,
+        plan,
+        inbound,
+        upgrading.requestId,
+        decided.identity,
+      );
       headers.push("Connection", "Upgrade");
       let requestHead = `GET ${target.query === "" ? target.rawPath : `${target.rawPath}?${target.query}`} HTTP/1.1\r\n`;
       for (let i = 0; i < headers.length; i += 2) requestHead += `${headers[i]}: ${headers[i + 1]}\r\n`;
       requestHead += "\r\n";
       tunnel(ctx, socket, head, requestHead, upgrading, decided.identity?.expiresAt);
     };
-    const admission = admit(runtime, req, upgrading, target);
+    const admission = admit(ctx, runtime, req, upgrading, target);
     if (admission instanceof Promise) {
       admission.then(
         (decided) => {

@@ -1,6 +1,12 @@
 // The proxy's command line and environment: pure parsing, no processes.
 import { describe, expect, it } from "vitest";
-import { DEFAULT_DRAIN_SECONDS, type ProxyConfig, parseHostPort, readProxyConfig } from "../proxy/config.ts";
+import {
+  DEFAULT_DRAIN_SECONDS,
+  type ProxyConfig,
+  parseHostPort,
+  readProxyConfig,
+  redactedUrl,
+} from "../proxy/config.ts";
 
 const required = ["--policy", "/etc/portcullis/policy.yaml", "--upstream", "http://127.0.0.1:8000"];
 
@@ -18,6 +24,23 @@ function errorOf(argv: readonly string[], env: NodeJS.ProcessEnv = {}): string {
 }
 
 describe("readProxyConfig", () => {
+  it("takes an optional Redis URL for store: redis rate limits, flag or PORTCULLIS_REDIS_URL", () => {
+    expect(config(required).redisUrl).toBeUndefined();
+    expect(config([...required, "--redis-url", "redis://10.0.0.5:6379"]).redisUrl).toBe(
+      "redis://10.0.0.5:6379",
+    );
+    const fromEnv = config(required, { PORTCULLIS_REDIS_URL: "rediss://user:s3cret@cache.internal:6380/2" });
+    expect(fromEnv.redisUrl).toBe("rediss://user:s3cret@cache.internal:6380/2");
+    expect(redactedUrl(fromEnv.redisUrl!)).toBe("rediss://cache.internal:6380/2");
+    for (const bad of ["http://redis:6379", "redis://", "redis://:s3cret@host:1/db", "no url at all"]) {
+      const error = errorOf([...required, "--redis-url", bad]);
+      expect(error).toMatch(/^--redis-url: /);
+      // The value may carry a password: never echoed.
+      expect(error).not.toContain("s3cret");
+    }
+    expect(errorOf(required, { PORTCULLIS_REDIS_URL: "tcp://x:1" })).toMatch(/^PORTCULLIS_REDIS_URL: /);
+  });
+
   it("reads the required flags and leaves policy-supplied values undefined", () => {
     const c = config(required);
     expect(c.policyFile).toBe("/etc/portcullis/policy.yaml");

@@ -9,8 +9,11 @@ import pino from "pino";
 import { startUpstream, type Upstream } from "../../examples/fastapi/upstream.ts";
 import { type IdentityProvider, type IdpOptions, startIdentityProvider } from "../../examples/idp.ts";
 import type { CompiledPolicy } from "../../policy/compile.ts";
+import type { AssertionSigner } from "../../proxy/assertion.ts";
 import { KeySetRegistry } from "../../proxy/authn/key-set.ts";
 import { createBearerVerifier } from "../../proxy/authn/verify-bearer.ts";
+import type { RequestMetrics } from "../../proxy/pipeline.ts";
+import type { RateLimiter } from "../../proxy/rate-limit.ts";
 import type { ProxyRuntime } from "../../proxy/runtime.ts";
 import { createProxyServer, type ProxyServer } from "../../proxy/server.ts";
 import { examplePolicy } from "./authn.ts";
@@ -40,11 +43,21 @@ export interface RunningProxy {
   close(): Promise<void>;
 }
 
+/** What main.ts hands createProxyServer beyond the runtime; each defaults as createProxyServer does. */
+export interface ProxyParts {
+  rateLimiter?: RateLimiter;
+  assertionSigner?: AssertionSigner;
+  metrics?: RequestMetrics;
+  /** The runtime each request reads (e.g. a policy source's); default: the one built for `policy`. */
+  current?: () => ProxyRuntime;
+}
+
 /** Starts a proxy for `policy` in front of `upstream`, on a free loopback port. */
 export async function startProxy(
   policy: CompiledPolicy,
   upstream: URL,
   keySets: KeySetRegistry,
+  parts: ProxyParts = {},
 ): Promise<RunningProxy> {
   const lines: string[] = [];
   const destination = new Writable({
@@ -55,7 +68,8 @@ export async function startProxy(
   });
   const logger = pino({ level: "info" }, destination);
   const runtime: ProxyRuntime = { policy, verifier: createBearerVerifier(policy, { keySets }) };
-  const proxy = createProxyServer({ current: () => runtime, upstream, logger });
+  const { current = () => runtime, ...rest } = parts;
+  const proxy = createProxyServer({ current, upstream, logger, ...rest });
   proxy.server.listen(0, "127.0.0.1");
   await once(proxy.server, "listening");
   const port = (proxy.server.address() as AddressInfo).port;
@@ -91,13 +105,13 @@ export interface Stack {
 
 /** IdP + FastAPI app + proxy with the example policy. `edit` may adjust the compiled policy. */
 export async function startStack(
-  options: { idp?: IdpOptions; edit?: (policy: CompiledPolicy) => CompiledPolicy } = {},
+  options: { idp?: IdpOptions; edit?: (policy: CompiledPolicy) => CompiledPolicy; parts?: ProxyParts } = {},
 ): Promise<Stack> {
   const [idp, app] = await Promise.all([startIdentityProvider(options.idp), startUpstream()]);
   const keySets = new KeySetRegistry();
   const compiled = examplePolicy(idp);
   const policy = options.edit ? options.edit(compiled) : compiled;
-  const proxy = await startProxy(policy, new URL(app.url), keySets);
+  const proxy = await startProxy(policy, new URL(app.url), keySets, options.parts);
   await proxy.runtime.verifier.ready();
   return {
     idp,

@@ -57,6 +57,8 @@ export interface OperatorConfig {
   sidecarLogLevel: SidecarLogLevel;
   /** The sidecar drains for terminationGracePeriodSeconds minus this, so the kubelet never kills it mid-drain. */
   drainMarginSeconds: number;
+  /** PORTCULLIS_REDIS_URL of the sidecar: where `store: redis` rate limits are shared. Unset: not passed. */
+  sidecarRedisUrl?: string;
   /** Namespaces to watch; empty: all. */
   namespaces: string[];
   /** /healthz, /readyz, /metrics of the operator. */
@@ -96,6 +98,8 @@ export const USAGE = `usage: portcullis-operator [options]
   --sidecar-user <uid>           sidecar runAsUser (default ${DEFAULT_SIDECAR_USER})         env PORTCULLIS_SIDECAR_USER
   --sidecar-log-level <level>    debug|info|warn|error (default info)       env PORTCULLIS_SIDECAR_LOG_LEVEL
   --drain-margin-seconds <n>     drain = grace period - n (default ${DEFAULT_DRAIN_MARGIN_SECONDS})       env PORTCULLIS_DRAIN_MARGIN_SECONDS
+  --sidecar-redis-url <url>      redis[s]://host:port for store: redis rate limits (default none)
+                                                                             env PORTCULLIS_SIDECAR_REDIS_URL
   --namespaces <list>            namespaces to watch, comma-separated (default all)
                                                                              env PORTCULLIS_NAMESPACES
   --admin <host:port>            /healthz /readyz /metrics (default 0.0.0.0:8081) env PORTCULLIS_ADMIN
@@ -121,6 +125,7 @@ const OPTIONS = {
   "sidecar-user": "PORTCULLIS_SIDECAR_USER",
   "sidecar-log-level": "PORTCULLIS_SIDECAR_LOG_LEVEL",
   "drain-margin-seconds": "PORTCULLIS_DRAIN_MARGIN_SECONDS",
+  "sidecar-redis-url": "PORTCULLIS_SIDECAR_REDIS_URL",
   namespaces: "PORTCULLIS_NAMESPACES",
   admin: "PORTCULLIS_ADMIN",
   "leader-elect": "PORTCULLIS_LEADER_ELECT",
@@ -236,6 +241,15 @@ export function readOperatorConfig(
     config.drainMarginSeconds = seconds;
   }
 
+  const redisUrl = raw("sidecar-redis-url");
+  if (redisUrl !== undefined) {
+    // Never quoted back: the URL may carry a password.
+    if (!isRedisUrl(redisUrl)) {
+      return fail("sidecar-redis-url", "expected redis://<host>:<port>[/<db>] or rediss://...");
+    }
+    config.sidecarRedisUrl = redisUrl;
+  }
+
   const namespaces = raw("namespaces");
   if (namespaces !== undefined) {
     const list = splitList(namespaces);
@@ -299,6 +313,21 @@ export function readOperatorConfig(
     config.logFormat = format;
   }
   return config;
+}
+
+/** What the proxy's --redis-url accepts (proxy/config.ts; the operator does not import the proxy). */
+export function isRedisUrl(text: string): boolean {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    return false;
+  }
+  return (
+    (url.protocol === "redis:" || url.protocol === "rediss:") &&
+    url.hostname !== "" &&
+    /^(\/\d{0,5})?$/.test(url.pathname)
+  );
 }
 
 /** `cpu=50m,memory=64Mi` -> `{ cpu: "50m", memory: "64Mi" }`; an empty list clears the defaults. */

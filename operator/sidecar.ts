@@ -113,6 +113,9 @@ export function sidecarContainer(
     env: [
       { name: "PORTCULLIS_DRAIN_SECONDS", value: String(settings.drainSeconds) },
       { name: "PORTCULLIS_LOG_LEVEL", value: spec.sidecar.logLevel ?? config.sidecarLogLevel },
+      ...(config.sidecarRedisUrl === undefined
+        ? []
+        : [{ name: "PORTCULLIS_REDIS_URL", value: config.sidecarRedisUrl }]),
     ],
     ports: [
       { name: LISTENER_PORT_NAME, containerPort: spec.listener.port, protocol: "TCP" },

@@ -51,7 +51,14 @@ describe("the Helm chart", () => {
   });
 
   it("grants exactly the rules in operator/rbac.ts and configures the operator with valid settings", async () => {
-    const objects = await render("--set", "watchNamespaces={shop,billing}", "--set", "sidecar.mode=native");
+    const objects = await render(
+      "--set",
+      "watchNamespaces={shop,billing}",
+      "--set",
+      "sidecar.mode=native",
+      "--set",
+      "sidecar.redisUrl=redis://redis.shared.svc:6379/0",
+    );
     const role = objects.find((o) => o.kind === "ClusterRole") as V1ClusterRole;
     expect(role.rules?.map((r) => ({ ...r }))).toEqual(CLUSTER_ROLE_RULES.map((r) => ({ ...r })));
     const deployment = objects.find((o) => o.kind === "Deployment") as V1Deployment;
@@ -59,7 +66,11 @@ describe("the Helm chart", () => {
     const env = Object.fromEntries((container?.env ?? []).map((e) => [e.name, e.value ?? "from-field"]));
     const config = readOperatorConfig([], env);
     expect(config).not.toHaveProperty("error");
-    expect(config).toMatchObject({ namespaces: ["billing", "shop"], sidecarMode: "native" });
+    expect(config).toMatchObject({
+      namespaces: ["billing", "shop"],
+      sidecarMode: "native",
+      sidecarRedisUrl: "redis://redis.shared.svc:6379/0",
+    });
     expect(container?.securityContext).toMatchObject({
       readOnlyRootFilesystem: true,
       allowPrivilegeEscalation: false,
@@ -72,6 +83,15 @@ describe("the Helm chart", () => {
     expect(bad.stderr).toMatch(/sidecar.*mode/);
     const unknown = await helm("template", "portcullis", chart, "--set", "replicas=3");
     expect(unknown.code).not.toBe(0);
+    const notRedis = await helm(
+      "template",
+      "portcullis",
+      chart,
+      "--set",
+      "sidecar.redisUrl=http://redis:6379",
+    );
+    expect(notRedis.code).not.toBe(0);
+    expect(notRedis.stderr).toMatch(/redisUrl/);
   });
 
   it("renders objects the API server accepts (server-side apply, dry run)", async () => {

@@ -362,6 +362,30 @@ describe("the sidecar on a selected Deployment", () => {
     expect(drainSeconds(0, 5)).toBe(0);
   });
 
+  it("passes the operator's --sidecar-redis-url to the sidecar as PORTCULLIS_REDIS_URL, only when set", () => {
+    const url = "redis://redis.shared.svc:6379/0";
+    const withRedis = operatorConfig(["--identity", "test", "--sidecar-redis-url", url]);
+    const shared = desired(input(), withRedis);
+    const c = sidecarOf(shared);
+    expect(c.env).toEqual([
+      { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
+      { name: "PORTCULLIS_LOG_LEVEL", value: "info" },
+      { name: "PORTCULLIS_REDIS_URL", value: url },
+    ]);
+    expect(sidecarOf(out).env?.map((e) => e.name)).not.toContain("PORTCULLIS_REDIS_URL");
+    // A process setting of the sidecar: a change rolls the pods.
+    const hash = (o: ReconcileOutput) =>
+      o.deployments[0]?.body.spec?.template.metadata.annotations[SIDECAR_HASH_ANNOTATION];
+    expect(hash(shared)).not.toBe(hash(out));
+    const fromEnv = readOperatorConfig([], { PORTCULLIS_SIDECAR_REDIS_URL: "rediss://cache:6380" });
+    expect(fromEnv).toMatchObject({ sidecarRedisUrl: "rediss://cache:6380" });
+    for (const bad of ["http://redis:6379", "redis://", "redis://:secret@h:1/x", "not a url"]) {
+      const refused = readOperatorConfig(["--sidecar-redis-url", bad], {});
+      expect(refused).toHaveProperty("error");
+      expect(JSON.stringify(refused)).not.toContain("secret");
+    }
+  });
+
   it("never puts an ownerReference on the Deployment", () => {
     expect(JSON.stringify(out.deployments)).not.toContain("ownerReferences");
   });

@@ -140,9 +140,10 @@ function printAccessLine(line: string, since: number): void {
   }
   const status = Number(entry.status);
   const who = typeof entry.clientId === "string" ? entry.clientId : "anonymous";
+  const limit = typeof entry.rateLimit === "string" ? ` limit=${entry.rateLimit}` : "";
   console.log(
     `  ${String(entry.method).padEnd(6)} ${String(entry.path ?? "?").padEnd(20)} ${colourStatus(status)} ` +
-      `${String(entry.decision).padEnd(15)} ${dim(`rule=${String(entry.rule)} as=${who} ${String(entry.latencyMs)} ms`)}`,
+      `${String(entry.decision).padEnd(15)} ${dim(`rule=${String(entry.rule)} as=${who}${limit} ${String(entry.latencyMs)} ms`)}`,
   );
 }
 
@@ -191,7 +192,8 @@ async function showRequests(tokens: Record<"reader" | "writer" | "admin", string
     const { status, seen } = await send(probe, token);
     rows.push([`${probe.method} ${probe.path}`, probe.as, String(status), seen, probe.note]);
   }
-  // The policy allows writers 5 requests/s with a burst of 10 (rateLimits: writes-per-client).
+  // The writer bursts: the policy allows each client 5 POST /orders per second with a burst of 10
+  // (rateLimits: writes-per-client); the writer already spent one above.
   const burst = await Promise.all(
     Array.from({ length: 14 }, () =>
       send(
@@ -203,8 +205,10 @@ async function showRequests(tokens: Record<"reader" | "writer" | "admin", string
   const counts = new Map<number, number>();
   for (const { status } of burst) counts.set(status, (counts.get(status) ?? 0) + 1);
   const summary = [...counts].sort(([a], [b]) => a - b).map(([status, n]) => `${n}x ${status}`);
-  const limited = counts.has(429) ? "rate limit: 5/s, burst 10" : "(this build does not enforce rate limits)";
-  rows.push(["POST /orders x14", "writer", summary.join(", "), "", limited]);
+  const retryAfter = burst.find(({ status }) => status === 429)?.retryAfter;
+  const seen = counts.has(429) ? "(429s not forwarded)" : "";
+  const why = `writes-per-client: 5/s, burst 10${retryAfter ? `; Retry-After: ${retryAfter}` : ""}`;
+  rows.push(["POST /orders x14", "writer", summary.join(", "), seen, why]);
 
   const headers = ["request", "as", "status", "FastAPI saw (identity headers)", "why"];
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -223,7 +227,10 @@ async function showRequests(tokens: Record<"reader" | "writer" | "admin", string
   for (const row of rows) console.log(pad(row, true));
 }
 
-async function send(probe: Probe, token: string | undefined): Promise<{ status: number; seen: string }> {
+async function send(
+  probe: Probe,
+  token: string | undefined,
+): Promise<{ status: number; seen: string; retryAfter: string | null }> {
   const headers: Record<string, string> = { ...probe.headers };
   if (token) headers.authorization = `Bearer ${token}`;
   if (probe.body !== undefined) headers["content-type"] = "application/json";
@@ -233,7 +240,11 @@ async function send(probe: Probe, token: string | undefined): Promise<{ status: 
     ...(probe.body === undefined ? {} : { body: JSON.stringify(probe.body) }),
   });
   const text = await response.text();
-  return { status: response.status, seen: describeIdentity(text) };
+  return {
+    status: response.status,
+    seen: describeIdentity(text),
+    retryAfter: response.headers.get("retry-after"),
+  };
 }
 
 /** The app echoes its identity headers; a proxy refusal is a problem+json that never reached it. */

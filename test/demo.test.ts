@@ -7,7 +7,7 @@ import { processExists } from "./support/supervised-process.ts";
 
 const repoRoot = join(import.meta.dirname, "..");
 
-it("shows 200, 401 and 403 through the proxy and leaves no process behind", async () => {
+it("shows 200, 401, 403 and 429 through the proxy and leaves no process behind", async () => {
   // Its own process group, so every process the demo started can be looked for afterwards.
   const demo = spawn("npm", ["start"], {
     cwd: repoRoot,
@@ -36,6 +36,8 @@ it("shows 200, 401 and 403 through the proxy and leaves no process behind", asyn
   expect(row("GET /orders", "reader")).toMatch(/ 200 .*sub=reader roles=reader/);
   expect(row("POST /orders", "reader")).toMatch(/ 403 /);
   expect(row("DELETE /orders/2", "admin")).toMatch(/ 200 /);
+  // The writer's burst of 14 meets writes-per-client (burst 10, one token spent above): real 429s.
+  expect(row("POST /orders x14", "writer")).toMatch(/ \d+x 201, \d+x 429 .*Retry-After: 1/);
   expect(output).toContain("curl -s -u reader:reader-secret");
   expect(output).toContain("stopped: proxy, FastAPI app and IdP");
   // kill(-pgid, 0) fails with ESRCH once no process of the group is left.

@@ -1,9 +1,10 @@
 // Runs the example FastAPI app under uvicorn as a child process, for tests and the demo.
+
 import { type ChildProcess, spawn } from "node:child_process";
-import { once } from "node:events";
-import { createServer, Socket } from "node:net";
+import { Socket } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { freePort } from "../free-port.ts";
 import { ensureVenv, repoRoot } from "./venv.ts";
 
 export interface UpstreamOptions {
@@ -157,15 +158,4 @@ async function waitUntilHealthy(
     await sleep(100);
   }
   throw new Error(`uvicorn did not answer ${url}/healthz within ${readyTimeoutMs} ms:\n${output()}`);
-}
-
-async function freePort(host: string): Promise<number> {
-  const server = createServer();
-  server.listen(0, host);
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  await once(server, "close");
-  if (address === null || typeof address === "string") throw new Error("no TCP address for probe server");
-  return address.port;
 }

@@ -5,11 +5,11 @@ import { rmSync } from "node:fs";
 import { access, constants, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KubeConfig, VersionApi } from "@kubernetes/client-node";
+import { freePort } from "../../examples/free-port.ts";
 import { type ControlPlanePki, issueClientCertificate, issueControlPlanePki } from "./controlplane-pki.ts";
 import { processExists, type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
 
@@ -397,19 +397,6 @@ async function readServerVersion(kubeConfig: KubeConfig): Promise<string> {
 }
 
 // --- small pieces -----------------------------------------------------------------------------
-
-/** A port that was free a moment ago on 127.0.0.1 (the kernel picks it). */
-function freePort(): Promise<number> {
-  return new Promise((done, fail) => {
-    const server = createServer();
-    server.once("error", fail);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      const port = typeof address === "object" && address ? address.port : 0;
-      server.close(() => (port ? done(port) : fail(new Error("no port"))));
-    });
-  });
-}
 
 async function isExecutable(path: string): Promise<boolean> {
   try {

@@ -6,27 +6,14 @@
 // examples/fastapi with the venv's python).
 
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { V1ConfigMap, V1Container, V1Deployment } from "@kubernetes/client-node";
 import { ensureVenv } from "../../examples/fastapi/venv.ts";
+import { freePort } from "../../examples/free-port.ts";
 import { type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
-      );
-    });
-  });
-}
 
 /** A ConfigMap volume as the kubelet projects it: files behind `..data`, swapped atomically on update. */
 export class ProjectedConfigMap {

@@ -1,8 +1,10 @@
 // A real redis-server on a free loopback port, without persistence, for shared rate-limit tests.
+
 import { mkdtemp, rm } from "node:fs/promises";
-import { createConnection, createServer } from "node:net";
+import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePort } from "../../examples/free-port.ts";
 import { type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
 
 export interface RedisServer {
@@ -13,19 +15,6 @@ export interface RedisServer {
   start(): Promise<void>;
   /** Stops it and removes its directory. */
   remove(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() =>
-        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
-      );
-    });
-  });
 }
 
 async function waitForPort(port: number, process: SupervisedProcess): Promise<void> {

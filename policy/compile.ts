@@ -96,7 +96,9 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     h.clientId,
     h.issuer,
     ...Object.values(h.claims ?? {}),
-    ...(h.assertion ? [h.assertion.header] : []),
+    // The default assertion header is stripped even when no assertion is configured: an app that
+    // checks it must never see a client's copy.
+    h.assertion?.header ?? "X-Auth-Assertion",
     ...(h.remove ?? []),
     ...INTERNAL_HEADERS,
   ].map(canonicalHeaderName);

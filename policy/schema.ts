@@ -425,7 +425,12 @@ export const Sidecar = Type.Object(
     logLevel: Type.Optional(
       stringEnum(["debug", "info", "warn", "error"] as const, "The proxy's log level. Default: info."),
     ),
-    adminPort: Port("The admin listener: /healthz, /readyz, /metrics.", { default: 9901 }),
+    adminPort: Port(
+      "The admin listener: /healthz, /readyz, /metrics, and /jwks.json (the assertion's public key).",
+      {
+        default: 9901,
+      },
+    ),
     resources: Type.Optional(
       Type.Object(
         {

@@ -92,6 +92,7 @@ const ECS_NAMES: Readonly<Record<string, string>> = {
   roles: "portcullis.roles",
   upstreamMs: "portcullis.upstream_ms",
   failure: "portcullis.failure",
+  rateLimit: "portcullis.rate_limit",
 };
 
 function toEcsFields(object: Record<string, unknown>): Record<string, unknown> {

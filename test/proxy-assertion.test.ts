@@ -167,9 +167,13 @@ describe("a policy with identityHeaders.assertion", () => {
 });
 
 describe("a policy without an assertion", () => {
-  it("adds no assertion header", async () => {
-    const identity = await echo(stack.proxy, "/orders", "reader");
+  it("adds no assertion header, and still drops a client's copy", async () => {
+    const identity = await echo(stack.proxy, "/orders", "reader", {
+      "X-Auth-Assertion": "forged",
+      x_auth_assertion: "forged",
+    });
     expect(identity.x_auth).not.toHaveProperty("x-auth-assertion");
+    expect(JSON.stringify(identity.raw_headers)).not.toContain("forged");
     expect(identity.x_auth["x-auth-subject"]).toEqual([decodeJwt(tokens.reader!).sub]);
   });
 });

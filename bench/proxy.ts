@@ -284,8 +284,13 @@ interface Child {
 async function start(kind: ServerKind, args: string[] = []): Promise<Child> {
   // Access logs go where a container's stdout would: written, never read here.
   const devNull = openSync("/dev/null", "w");
+  // --profile <dir>: V8 CPU profiles of the portcullis servers, for `node --cpu-prof` tooling.
+  const at = process.argv.indexOf("--profile");
+  const profile =
+    at > 0 && kind.startsWith("portcullis") ? [`--cpu-prof`, `--cpu-prof-dir=${process.argv[at + 1]}`] : [];
   const child = fork(new URL(import.meta.url).pathname, [kind, ...args], {
     stdio: ["ignore", devNull, "inherit", "ipc"],
+    execArgv: [...process.execArgv, ...profile],
   });
   const [message] = (await once(child, "message")) as [Ready];
   return { kind, process: child, port: message.port };
@@ -403,7 +408,16 @@ async function main(): Promise<void> {
     }
     console.log("budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's req/s");
   } finally {
-    for (const child of [upstream, ...servers]) child.process.kill();
+    // "exit" lets each server end normally (so --cpu-prof writes its profile); kill what lingers.
+    await Promise.all(
+      [upstream, ...servers].map(async (child) => {
+        child.process.send("exit");
+        const exited = once(child.process, "exit");
+        const timer = setTimeout(() => child.process.kill(), 5_000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
     await idp.stop();
   }
 }

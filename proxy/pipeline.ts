@@ -12,6 +12,7 @@ import type { TLSSocket } from "node:tls";
 import type pino from "pino";
 import type { Dispatcher } from "undici";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
+import { writeAccessLine } from "./access-log.ts";
 import type { AssertionSigner } from "./assertion.ts";
 import { type Credential, readCredential } from "./authn/credential.ts";
 import type { BearerVerifier, Identity, Verification } from "./authn/verify-bearer.ts";
@@ -321,25 +322,22 @@ export function completeExchange(
   if (exchange.counted) ctx.inFlight--;
   const latencyMs = performance.now() - exchange.start;
   const rule = exchange.rule ?? NO_RULE;
-  ctx.logger.info(
-    {
-      requestId: exchange.requestId,
-      method: exchange.method,
-      path: exchange.path,
-      rule,
-      decision: exchange.decision,
-      reason: exchange.reason,
-      subject: exchange.subject,
-      clientId: exchange.clientId,
-      roles: exchange.roles,
-      rateLimit: exchange.rateLimit,
-      status,
-      latencyMs: Math.round(latencyMs * 1000) / 1000,
-      upstreamMs: upstreamMs === undefined ? undefined : Math.round(upstreamMs * 1000) / 1000,
-      failure,
-    },
-    "request",
-  );
+  writeAccessLine(ctx.logger, {
+    requestId: exchange.requestId,
+    method: exchange.method,
+    path: exchange.path,
+    rule,
+    decision: exchange.decision,
+    reason: exchange.reason,
+    subject: exchange.subject,
+    clientId: exchange.clientId,
+    roles: exchange.roles,
+    rateLimit: exchange.rateLimit,
+    status,
+    latencyMs: Math.round(latencyMs * 1000) / 1000,
+    upstreamMs: upstreamMs === undefined ? undefined : Math.round(upstreamMs * 1000) / 1000,
+    failure,
+  });
   ctx.metrics?.requestCompleted({
     rule,
     decision: exchange.decision,

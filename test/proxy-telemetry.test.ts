@@ -1,7 +1,7 @@
 // The logger (JSON and ECS, redaction, no stacks) and the metrics registry, in process.
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { createLogger } from "../proxy/access-log.ts";
+import { type AccessLine, createLogger, writeAccessLine } from "../proxy/access-log.ts";
 import { createProxyMetrics } from "../proxy/metrics.ts";
 
 function capture(): { stream: Writable; lines: () => Record<string, unknown>[] } {
@@ -77,6 +77,68 @@ describe("createLogger", () => {
     });
     expect(out.lines()[0]).toHaveProperty("ecs.version");
     expect(out.lines()[0]).toHaveProperty("@timestamp");
+  });
+});
+
+describe("writeAccessLine", () => {
+  const lines: AccessLine[] = [
+    {
+      requestId: "r1",
+      method: "GET",
+      path: '/o"x\\\u2028\u00e9\ud800\n',
+      rule: "read-orders",
+      decision: "allow",
+      reason: "role",
+      subject: "svc\u0000",
+      clientId: "reader",
+      roles: ["a", 'b"'],
+      rateLimit: "per-client",
+      status: 200,
+      latencyMs: 1.234,
+      upstreamMs: 0.5,
+      failure: "upstream-error",
+    },
+    {
+      requestId: "r2",
+      method: "",
+      path: undefined,
+      rule: "(none)",
+      decision: "invalid",
+      reason: "parse-error",
+      subject: undefined,
+      clientId: undefined,
+      roles: undefined,
+      rateLimit: undefined,
+      status: 400,
+      latencyMs: 0.001,
+      upstreamMs: undefined,
+      failure: undefined,
+    },
+  ];
+
+  it.each(["json", "ecs"] as const)("writes the fields pino's logger.info would (%s)", (format) => {
+    const out = capture();
+    const logger = createLogger({ format, level: "info", destination: out.stream });
+    for (const line of lines) {
+      logger.info(line, "request");
+      writeAccessLine(logger, line);
+    }
+    const time = format === "json" ? "time" : "@timestamp";
+    const written = out.lines();
+    expect(written).toHaveLength(4);
+    for (const line of written) {
+      expect(Number.isNaN(Date.parse(String(line[time])))).toBe(false);
+      delete line[time];
+    }
+    expect(written[1]).toEqual(written[0]);
+    expect(written[3]).toEqual(written[2]);
+    expect(Object.keys(written[1] ?? {})).toEqual(Object.keys(written[0] ?? {}));
+  });
+
+  it("writes nothing below the logger's level", () => {
+    const out = capture();
+    writeAccessLine(createLogger({ format: "json", level: "warn", destination: out.stream }), lines[0]!);
+    expect(out.lines()).toHaveLength(0);
   });
 });
 

@@ -286,6 +286,28 @@ export function admit(
   });
 }
 
+/**
+ * Runs `proceed` with the admission, at once or when it settles. One promise, no .catch() chain;
+ * what the async path throws goes to `fail`, never unhandled (the sync path throws to the caller).
+ */
+export function whenAdmitted(
+  admission: Admission | Promise<Admission>,
+  proceed: (decided: Admission) => void,
+  fail: (error: unknown) => void,
+): void {
+  if (!(admission instanceof Promise)) {
+    proceed(admission);
+    return;
+  }
+  admission.then((decided) => {
+    try {
+      proceed(decided);
+    } catch (error) {
+      fail(error);
+    }
+  }, fail);
+}
+
 // ---- the HTTP request handler ---------------------------------------------------------------------
 
 export function newExchange(requestId: string, method: string, start: number, counted: boolean): Exchange {
@@ -481,22 +503,9 @@ export function handleRequest(
         },
       );
     };
-    const admission = admit(ctx, runtime, req, admitted, target);
-    if (admission instanceof Promise) {
-      // One promise, no .catch() chain; proceed's own throws are caught here, never unhandled.
-      admission.then(
-        (decided) => {
-          try {
-            proceed(decided);
-          } catch (error) {
-            fail(ctx, res, admitted, error);
-          }
-        },
-        (error: unknown) => fail(ctx, res, admitted, error),
-      );
-    } else {
-      proceed(admission);
-    }
+    whenAdmitted(admit(ctx, runtime, req, admitted, target), proceed, (error) =>
+      fail(ctx, res, admitted, error),
+    );
   } catch (error) {
     exchange ??= newExchange(newRequestId(), req.method ?? "", start, true);
     fail(ctx, res, exchange, error);

@@ -22,6 +22,7 @@ import {
   parseTarget,
   requestIdFor,
   upstreamHeaders,
+  whenAdmitted,
 } from "./pipeline.ts";
 import { PROBLEMS, type Problem, writeProblemToSocket } from "./problem.ts";
 
@@ -87,21 +88,9 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
       requestHead += "\r\n";
       tunnel(ctx, socket, head, requestHead, upgrading, decided.identity?.expiresAt);
     };
-    const admission = admit(ctx, runtime, req, upgrading, target);
-    if (admission instanceof Promise) {
-      admission.then(
-        (decided) => {
-          try {
-            proceed(decided);
-          } catch (error) {
-            failUpgrade(ctx, socket, upgrading, error);
-          }
-        },
-        (error: unknown) => failUpgrade(ctx, socket, upgrading, error),
-      );
-    } else {
-      proceed(admission);
-    }
+    whenAdmitted(admit(ctx, runtime, req, upgrading, target), proceed, (error) =>
+      failUpgrade(ctx, socket, upgrading, error),
+    );
   } catch (error) {
     exchange ??= newExchange(newRequestId(), req.method ?? "", start, false);
     failUpgrade(ctx, socket, exchange, error);

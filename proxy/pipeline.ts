@@ -365,7 +365,7 @@ export function completeExchange(
     decision: exchange.decision,
     status,
     seconds: latencyMs / 1000,
-    ...(upstreamMs === undefined ? {} : { upstreamSeconds: upstreamMs / 1000 }),
+    upstreamSeconds: upstreamMs === undefined ? undefined : upstreamMs / 1000,
   });
 }
 

@@ -1,8 +1,9 @@
 // The logger (JSON and ECS, redaction, no stacks) and the metrics registry, in process.
 import { Writable } from "node:stream";
+import { Counter, Histogram, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
 import { type AccessLine, createLogger, writeAccessLine } from "../proxy/access-log.ts";
-import { createProxyMetrics } from "../proxy/metrics.ts";
+import { createProxyMetrics, DURATION_BUCKETS } from "../proxy/metrics.ts";
 
 function capture(): { stream: Writable; lines: () => Record<string, unknown>[] } {
   let text = "";
@@ -182,5 +183,68 @@ describe("createProxyMetrics", () => {
     ages = [];
     expect(await a.register.metrics()).not.toContain("portcullis_jwks_age_seconds{");
     expect(await b.register.metrics()).not.toContain("portcullis_requests_total{");
+  });
+
+  it("exposes request counts and duration histograms exactly as prom-client's own metrics would", async () => {
+    const metrics = createProxyMetrics();
+    const reference = new Registry();
+    const requests = new Counter({
+      name: "portcullis_requests_total",
+      help: "Requests answered, by matched rule, decision and status code.",
+      labelNames: ["rule", "decision", "status"] as const,
+      registers: [reference],
+    });
+    const histogram = (name: string, help: string) =>
+      new Histogram({
+        name,
+        help,
+        labelNames: ["rule"] as const,
+        buckets: DURATION_BUCKETS,
+        registers: [reference],
+      });
+    const duration = histogram(
+      "portcullis_request_duration_seconds",
+      "Time from request arrival to the end of the response, by matched rule.",
+    );
+    const upstream = histogram(
+      "portcullis_upstream_duration_seconds",
+      "Time the upstream took to send response headers, by matched rule.",
+    );
+    const rules = ["read-orders", "(none)", "write-orders"];
+    const decisions = ["allow", "deny", "unauthenticated"];
+    const statuses = [200, 401, 403, 502];
+    // Values on every bucket bound, between bounds, above the last one, and sums that round.
+    const values = [...DURATION_BUCKETS, 0, 0.0001, 0.1 + 0.2, 0.007, 3, 31, 1e-9, 0.0049999];
+    for (let i = 0; i < 500; i++) {
+      const rule = rules[(i * 7) % rules.length] as string;
+      const decision = decisions[(i * 5) % decisions.length] as string;
+      const status = statuses[(i * 3) % statuses.length] as number;
+      const seconds = values[i % values.length] as number;
+      const upstreamSeconds = i % 4 === 0 ? undefined : (values[(i * 11) % values.length] as number);
+      metrics.requestCompleted({ rule, decision, status, seconds, upstreamSeconds });
+      requests.inc({ rule, decision, status });
+      duration.observe({ rule }, seconds);
+      if (upstreamSeconds !== undefined) upstream.observe({ rule }, upstreamSeconds);
+    }
+    const families = (text: string) =>
+      text
+        .split("\n\n")
+        .map((family) => family.trim())
+        .filter((family) =>
+          /^# HELP portcullis_(requests_total|request_duration|upstream_duration)/.test(family),
+        );
+    const expected = families(await reference.metrics());
+    expect(expected).toHaveLength(3);
+    expect(expected.join("\n")).toContain(
+      'portcullis_request_duration_seconds_bucket{le="0.0005",rule="(none)"}',
+    );
+    expect(families(await metrics.register.metrics())).toEqual(expected);
+    // Twice: a scrape does not disturb the counts.
+    expect(families(await metrics.register.metrics())).toEqual(expected);
+    const json = async (registry: Registry, name: string) =>
+      (await registry.getMetricsAsJSON()).find((metric) => metric.name === name);
+    for (const name of ["portcullis_request_duration_seconds", "portcullis_upstream_duration_seconds"]) {
+      expect(await json(metrics.register, name)).toEqual(await json(reference, name));
+    }
   });
 });

@@ -134,8 +134,9 @@ export function readBearer(req: IncomingMessage, query: string): Credential {
   return readCredential(req, query);
 }
 
-export function verifyBearer(verifier: BearerVerifier, token: string): Promise<Verification> {
-  return verifier.verify(token);
+/** A token verified before and still valid is answered at once, without a promise. */
+export function verifyBearer(verifier: BearerVerifier, token: string): Verification | Promise<Verification> {
+  return verifier.verifyCached(token) ?? verifier.verify(token);
 }
 
 export function authorizeRoles(
@@ -266,24 +267,38 @@ export function admit(
       problem,
     );
   }
-  return verifyBearer(runtime.verifier, credential.token).then((verification) => {
-    if (!verification.ok) {
-      return refusal(exchange, "unauthenticated", verification.reason, PROBLEMS.invalidToken);
-    }
-    const { identity } = verification;
-    exchange.subject = identity.subject;
-    exchange.clientId = identity.clientId;
-    exchange.roles = identity.roles;
-    const authorization = authorizeRoles(rule, policy, identity);
-    if (!authorization.allow) {
-      return refusal(exchange, "deny", authorization.reason, PROBLEMS.insufficientScope);
-    }
-    const limited = checkRateLimit(ctx.rateLimiter, rule, identity, req);
-    if (limited instanceof Promise) {
-      return limited.then((verdict) => admitIdentity(exchange, authorization.reason, identity, verdict));
-    }
-    return admitIdentity(exchange, authorization.reason, identity, limited);
-  });
+  const verification = verifyBearer(runtime.verifier, credential.token);
+  if (verification instanceof Promise) {
+    return verification.then((verified) => admitVerified(ctx, policy, rule, req, exchange, verified));
+  }
+  return admitVerified(ctx, policy, rule, req, exchange, verification);
+}
+
+/** The steps after verification: roles, authorization, rate limit. */
+function admitVerified(
+  ctx: ProxyContext,
+  policy: CompiledPolicy,
+  rule: CompiledRule | undefined,
+  req: IncomingMessage,
+  exchange: Exchange,
+  verification: Verification,
+): Admission | Promise<Admission> {
+  if (!verification.ok) {
+    return refusal(exchange, "unauthenticated", verification.reason, PROBLEMS.invalidToken);
+  }
+  const { identity } = verification;
+  exchange.subject = identity.subject;
+  exchange.clientId = identity.clientId;
+  exchange.roles = identity.roles;
+  const authorization = authorizeRoles(rule, policy, identity);
+  if (!authorization.allow) {
+    return refusal(exchange, "deny", authorization.reason, PROBLEMS.insufficientScope);
+  }
+  const limited = checkRateLimit(ctx.rateLimiter, rule, identity, req);
+  if (limited instanceof Promise) {
+    return limited.then((verdict) => admitIdentity(exchange, authorization.reason, identity, verdict));
+  }
+  return admitIdentity(exchange, authorization.reason, identity, limited);
 }
 
 /**

@@ -200,6 +200,7 @@ describe("unknown kid", () => {
     const [after] = await tokens(1);
     expect(await reason(verifier, after!)).toBe("ok");
     expect(set.kids()).not.toContain(decodeProtectedHeader(before!).kid);
+    expect(verifier.verifyCached(before!)).toBeUndefined();
     expect(await reason(verifier, before!)).toBe("unknown_kid");
   });
 

@@ -352,6 +352,54 @@ describe("verified-token cache", () => {
     }
   });
 
+  it("answers a cached token synchronously, and only that exact token, while it is valid", async () => {
+    let now = Date.now();
+    const cacheRegistry = new KeySetRegistry();
+    const timed = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, now: () => now });
+    try {
+      await timed.ready();
+      const token = await idp.token("reader");
+      expect(timed.verifyCached(token)).toBeUndefined();
+      const first = await timed.verify(token);
+      expect(first.ok).toBe(true);
+      expect(timed.verifyCached(token)).toBe(first);
+      // Same length and same tail (the cache's slot), one character different: never a hit.
+      const lookalike = `${token[0] === "e" ? "f" : "e"}${token.slice(1)}`;
+      expect(timed.verifyCached(lookalike)).toBeUndefined();
+      expect((await timed.verify(lookalike)).ok).toBe(false);
+      expect(timed.verifyCached(token)).toBe(first);
+      expect(timed.verifyCached(`${token} `)).toBeUndefined();
+      expect(timed.verifyCached(token.slice(0, -1))).toBeUndefined();
+      now = (decodeJwt(token).exp! + 30) * 1000;
+      expect(timed.verifyCached(token)).toBeUndefined();
+      expect(await timed.verify(token)).toEqual({ ok: false, reason: "expired" });
+    } finally {
+      timed.close();
+      cacheRegistry.close();
+    }
+  });
+
+  it("evicts the least recently used token, not one used since", async () => {
+    const cacheRegistry = new KeySetRegistry();
+    const small = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, cacheSize: 4 });
+    try {
+      await small.ready();
+      const tokens = await Promise.all(
+        ["reader", "writer", "admin", "reader", "writer"].map((c) => idp.token(c)),
+      );
+      expect(new Set(tokens).size).toBe(5);
+      const [a, b, c, d, e] = tokens as [string, string, string, string, string];
+      for (const token of [a, b, c, d]) expect((await small.verify(token)).ok).toBe(true);
+      expect(small.verifyCached(a)).toBeDefined();
+      expect((await small.verify(e)).ok).toBe(true);
+      expect(small.verifyCached(b)).toBeUndefined();
+      for (const token of [a, c, d, e]) expect(small.verifyCached(token)).toBeDefined();
+    } finally {
+      small.close();
+      cacheRegistry.close();
+    }
+  });
+
   it("keeps only cacheSize tokens", async () => {
     const cacheRegistry = new KeySetRegistry();
     const small = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, cacheSize: 2 });

@@ -52,6 +52,11 @@ export type VerificationFailure =
 
 export interface BearerVerifier {
   verify(token: string): Promise<Verification>;
+  /**
+   * The verification of a token verified before and still valid now (exp, nbf and its key checked at
+   * every call), without a promise; undefined otherwise: then `verify` decides.
+   */
+  verifyCached(token: string): Verification | undefined;
   /** Resolves when every issuer's key set has loaded once. */
   ready(): Promise<void>;
   isReady(): boolean;
@@ -89,11 +94,16 @@ interface IssuerVerification {
 }
 
 interface CachedVerification {
-  identity: Identity;
+  /** The exact token (the cache is keyed by a hash of its tail: equality is checked in full). */
+  token: string;
+  /** The frozen `{ ok: true, identity }` every hit returns: a hit allocates nothing. */
+  verified: Verification & { ok: true };
   issuer: IssuerVerification;
   kid: string;
   fingerprint: string;
   generation: number;
+  /** The cache's tick when the entry was last put at the newest end. */
+  refreshed: number;
   /** Valid while notBefore <= now < expiresBefore (epoch s, skew applied as jose applies it). */
   notBefore: number;
   expiresBefore: number;
@@ -168,31 +178,40 @@ export function createBearerVerifier(
     // Cache only what can be tied to one published key: a kid that occurs once in the current set.
     const kid = header.kid;
     const fingerprint = typeof kid === "string" ? issuer.keySet.fingerprint(kid) : undefined;
+    const verified: Verification = Object.freeze({ ok: true, identity });
     if (!closed && kid !== undefined && fingerprint !== undefined) {
-      cache.set(token, {
-        identity,
+      cache.set({
+        token,
+        verified,
         issuer,
         kid,
         fingerprint,
         generation: issuer.keySet.generation(),
         notBefore: dates.nbf === undefined ? Number.NEGATIVE_INFINITY : dates.nbf - issuer.skew,
         expiresBefore: dates.exp + issuer.skew,
+        refreshed: 0,
       });
     }
-    return { ok: true, identity };
+    return verified;
+  }
+
+  function verifyCached(token: string): Verification | undefined {
+    if (token.length > MAX_TOKEN_LENGTH) return undefined;
+    const cached = cache.get(token);
+    if (cached === undefined) return undefined;
+    if (stillValid(cached, Math.floor(now() / 1000))) return cached.verified;
+    cache.delete(cached);
+    return undefined;
   }
 
   return {
+    verifyCached,
     async verify(token) {
       if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
-      const nowSeconds = Math.floor(now() / 1000);
-      const cached = cache.get(token);
-      if (cached) {
-        if (stillValid(cached, nowSeconds)) return { ok: true, identity: cached.identity };
-        cache.delete(token);
-      }
+      const cached = verifyCached(token);
+      if (cached !== undefined) return cached;
       try {
-        return await verifyUncached(token, nowSeconds);
+        return await verifyUncached(token, Math.floor(now() / 1000));
       } catch {
         // Nothing above should throw; if it does, the request is refused, not crashed.
         return fail("internal");
@@ -292,46 +311,77 @@ function firstString(...values: unknown[]): string | undefined {
   return undefined;
 }
 
+// The cache key: a hash of the token's last characters (signature bytes, unpredictable without the
+// issuer's key). A Map keyed by the string hashes the whole ~1 KB token on every request.
+const KEY_CHARS = 32;
+
+function cacheKey(token: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = Math.max(0, token.length - KEY_CHARS); i < token.length; i++) {
+    hash = Math.imul(hash ^ token.charCodeAt(i), 0x01000193);
+  }
+  // A small integer: Map keys V8 hashes without allocating.
+  return (hash ^ token.length) & 0x3fffffff;
+}
+
 /**
- * LRU of verified tokens, keyed by the token string itself: an exact match costs one Map lookup with
- * no hashing (a SHA-256 key would cost ~1-2 us per request), and only verified tokens get in, so the
- * key memory is bounded by `maxChars` rather than by what clients send.
+ * Verified tokens, least recently used evicted first. Only verified tokens get in, so the memory is
+ * bounded by `maxChars` rather than by what clients send. A hit compares the whole token; two tokens
+ * with one key share the slot (the later one wins: a miss costs a verification, never a wrong hit).
+ * Recency is refreshed only when an entry has aged past half the capacity: a hot token costs one
+ * lookup, not a delete and re-insert, and a token used within the last maxEntries/2 insertions is
+ * still never evicted.
  */
 class VerifiedTokenCache {
-  readonly #entries = new Map<string, CachedVerification>();
+  readonly #entries = new Map<number, CachedVerification>();
   readonly #maxEntries: number;
   readonly #maxChars: number;
+  readonly #refreshAfter: number;
   #chars = 0;
+  /** Insertions and refreshes so far: an entry's position from the newest end is at most #tick - refreshed. */
+  #tick = 0;
 
   constructor(maxEntries: number, maxChars: number) {
     this.#maxEntries = Math.max(0, maxEntries);
     this.#maxChars = Math.max(0, maxChars);
+    this.#refreshAfter = Math.floor(this.#maxEntries / 2);
   }
 
   get(token: string): CachedVerification | undefined {
-    const entry = this.#entries.get(token);
-    if (entry) {
-      // Re-insert to mark as most recently used (Map keeps insertion order).
-      this.#entries.delete(token);
-      this.#entries.set(token, entry);
+    const key = cacheKey(token);
+    const entry = this.#entries.get(key);
+    if (entry === undefined || entry.token !== token) return undefined;
+    if (this.#tick - entry.refreshed > this.#refreshAfter) {
+      // Re-insert to mark as recently used (Map keeps insertion order).
+      this.#entries.delete(key);
+      this.#entries.set(key, entry);
+      entry.refreshed = ++this.#tick;
     }
     return entry;
   }
 
-  set(token: string, entry: CachedVerification): void {
+  set(entry: CachedVerification): void {
+    const { token } = entry;
     if (this.#maxEntries === 0 || token.length > this.#maxChars) return;
-    this.delete(token);
-    this.#entries.set(token, entry);
+    const key = cacheKey(token);
+    const previous = this.#entries.get(key);
+    if (previous !== undefined) this.delete(previous);
+    entry.refreshed = ++this.#tick;
+    this.#entries.set(key, entry);
     this.#chars += token.length;
     while (this.#entries.size > this.#maxEntries || this.#chars > this.#maxChars) {
-      const oldest = this.#entries.keys().next();
+      const oldest = this.#entries.values().next();
       if (oldest.done) break;
       this.delete(oldest.value);
     }
   }
 
-  delete(token: string): void {
-    if (this.#entries.delete(token)) this.#chars -= token.length;
+  /** Removes this very entry (not a newer one that took its slot). */
+  delete(entry: CachedVerification): void {
+    const key = cacheKey(entry.token);
+    if (this.#entries.get(key) !== entry) return;
+    this.#entries.delete(key);
+    this.#chars -= entry.token.length;
   }
 
   clear(): void {

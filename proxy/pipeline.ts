@@ -87,17 +87,21 @@ export const NO_RULE = "(none)";
 
 // ---- request id and trace context ----------------------------------------------------------------
 
-// One entropy buffer refilled in bulk: a random id costs a hex encode, not a syscall.
+// One entropy buffer refilled in bulk and hex-encoded once per refill: a random id costs a substring,
+// not a syscall nor an encode per request. Every hex digit is handed out once.
 const entropy = Buffer.allocUnsafe(4096);
-let entropyOffset = entropy.length;
+let entropyHex = "";
+let entropyOffset = 0;
 
 function randomHex(bytes: number): string {
-  if (entropyOffset + bytes > entropy.length) {
+  const chars = bytes * 2;
+  if (entropyOffset + chars > entropyHex.length) {
     randomFillSync(entropy);
+    entropyHex = entropy.toString("hex");
     entropyOffset = 0;
   }
-  const hex = entropy.toString("hex", entropyOffset, entropyOffset + bytes);
-  entropyOffset += bytes;
+  const hex = entropyHex.slice(entropyOffset, entropyOffset + chars);
+  entropyOffset += chars;
   return hex;
 }
 

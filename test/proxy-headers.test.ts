@@ -12,6 +12,7 @@ import {
   readInboundHeaders,
   responseHeaders,
 } from "../proxy/headers.ts";
+import { newRequestId, traceparentFor } from "../proxy/pipeline.ts";
 
 function policy(
   edit: (spec: Record<string, Record<string, unknown>>) => void = () => undefined,
@@ -249,5 +250,18 @@ describe("responseHeaders", () => {
       "x-request-id",
       "rid",
     ]);
+  });
+});
+
+describe("request ids and trace context", () => {
+  it("are fresh random hex of the right length, across refills of the entropy pool", () => {
+    const ids = Array.from({ length: 1000 }, () => newRequestId());
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(new Set(ids).size).toBe(ids.length);
+    const untraced = readInboundHeaders([], plan);
+    const traces = Array.from({ length: 1000 }, () => traceparentFor(untraced));
+    for (const trace of traces) expect(trace).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    expect(new Set(traces.map((trace) => trace.slice(3, 35))).size).toBe(traces.length);
+    expect(new Set(traces.map((trace) => trace.slice(36, 52))).size).toBe(traces.length);
   });
 });

@@ -310,13 +310,25 @@ describe("tokens refused with a reason (401)", () => {
   });
 });
 
+/** A verifier on its own key sets whose clock the test sets (`clock.now`, epoch ms); closed afterwards. */
+async function withClockedVerifier(
+  test: (timed: BearerVerifier, clock: { now: number }) => Promise<void>,
+): Promise<void> {
+  const clock = { now: Date.now() };
+  const keySets = new KeySetRegistry();
+  const timed = createBearerVerifier(examplePolicy(idp), { keySets, now: () => clock.now });
+  try {
+    await timed.ready();
+    await test(timed, clock);
+  } finally {
+    timed.close();
+    keySets.close();
+  }
+}
+
 describe("verified-token cache", () => {
-  it("serves a repeated token from the cache, until it expires", async () => {
-    let now = Date.now();
-    const cacheRegistry = new KeySetRegistry();
-    const timed = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, now: () => now });
-    try {
-      await timed.ready();
+  it("serves a repeated token from the cache, until it expires", () =>
+    withClockedVerifier(async (timed, clock) => {
       const token = await idp.token("reader");
       const first = await timed.verify(token);
       const second = await timed.verify(token);
@@ -324,40 +336,24 @@ describe("verified-token cache", () => {
       // The very same identity object: no second signature check, and headers computed per identity stay valid.
       expect(second.ok && first.ok && second.identity === first.identity).toBe(true);
       const exp = decodeJwt(token).exp!;
-      now = (exp + 29) * 1000; // inside the 30 s skew
+      clock.now = (exp + 29) * 1000; // inside the 30 s skew
       expect((await timed.verify(token)).ok).toBe(true);
-      now = (exp + 30) * 1000;
+      clock.now = (exp + 30) * 1000;
       expect(await timed.verify(token)).toEqual({ ok: false, reason: "expired" });
-    } finally {
-      timed.close();
-      cacheRegistry.close();
-    }
-  });
+    }));
 
-  it("honours nbf of a cached token", async () => {
-    let now = Date.now();
-    const cacheRegistry = new KeySetRegistry();
-    const timed = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, now: () => now });
-    try {
-      await timed.ready();
-      const nbf = Math.floor(now / 1000) + 20;
+  it("honours nbf of a cached token", () =>
+    withClockedVerifier(async (timed, clock) => {
+      const nbf = Math.floor(clock.now / 1000) + 20;
       const token = await sign(idpKey(idp), goodClaims(idp, { nbf }));
       expect((await timed.verify(token)).ok).toBe(true);
       expect((await timed.verify(token)).ok).toBe(true);
-      now -= 60_000;
+      clock.now -= 60_000;
       expect(await timed.verify(token)).toEqual({ ok: false, reason: "not_yet_valid" });
-    } finally {
-      timed.close();
-      cacheRegistry.close();
-    }
-  });
+    }));
 
-  it("answers a cached token synchronously, and only that exact token, while it is valid", async () => {
-    let now = Date.now();
-    const cacheRegistry = new KeySetRegistry();
-    const timed = createBearerVerifier(examplePolicy(idp), { keySets: cacheRegistry, now: () => now });
-    try {
-      await timed.ready();
+  it("answers a cached token synchronously, and only that exact token, while it is valid", () =>
+    withClockedVerifier(async (timed, clock) => {
       const token = await idp.token("reader");
       expect(timed.verifyCached(token)).toBeUndefined();
       const first = await timed.verify(token);
@@ -370,14 +366,10 @@ describe("verified-token cache", () => {
       expect(timed.verifyCached(token)).toBe(first);
       expect(timed.verifyCached(`${token} `)).toBeUndefined();
       expect(timed.verifyCached(token.slice(0, -1))).toBeUndefined();
-      now = (decodeJwt(token).exp! + 30) * 1000;
+      clock.now = (decodeJwt(token).exp! + 30) * 1000;
       expect(timed.verifyCached(token)).toBeUndefined();
       expect(await timed.verify(token)).toEqual({ ok: false, reason: "expired" });
-    } finally {
-      timed.close();
-      cacheRegistry.close();
-    }
-  });
+    }));
 
   it("evicts the least recently used token, not one used since", async () => {
     const cacheRegistry = new KeySetRegistry();

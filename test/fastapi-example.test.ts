@@ -1,22 +1,12 @@
 // The example upstream, run for real under uvicorn: the contract the proxy tests rely on.
+
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { startUpstream, type Upstream } from "../examples/fastapi/upstream.ts";
-
-interface Identity {
-  x_auth: Record<string, string[]>;
-  raw_headers: [string, string][];
-  forwarded: Record<string, string[]>;
-  authorization: string | null;
-  path: string;
-  raw_path: string;
-  query_string: string;
-  client: [string, number] | null;
-  scheme: string;
-}
+import type { EchoedIdentity } from "./support/proxy.ts";
 
 let upstream: Upstream;
 
@@ -111,7 +101,7 @@ X-Request-Id: req-1
 Authorization: Bearer very-secret-token`);
     expect(status).toBe(200);
     expect(body).not.toContain("very-secret-token");
-    const identity = (JSON.parse(body) as { identity: Identity }).identity;
+    const identity = (JSON.parse(body) as { identity: EchoedIdentity }).identity;
     expect(identity.x_auth).toEqual({ "x-auth-subject": ["alice", "mallory"], "x-auth-roles": ["reader"] });
     expect(identity.raw_headers).toContainEqual(["x_auth_subject", "evil-underscore"]);
     expect(identity.raw_headers).toContainEqual(["x.auth.subject", "evil-dots"]);
@@ -189,7 +179,7 @@ Authorization: Bearer very-secret-token`);
     };
     await once(socket, "open");
 
-    const hello = JSON.parse(String((await next()).data)) as { identity: Identity };
+    const hello = JSON.parse(String((await next()).data)) as { identity: EchoedIdentity };
     expect(hello.identity).toMatchObject({
       path: "/ws",
       query_string: "room=1",

@@ -209,9 +209,14 @@ export class CallLog {
   readonly record = (call: ApiCall): void => {
     this.calls.push(call);
   };
-  /** Writes other than leader-election renewals (which a leader makes every retry period). */
+  /**
+   * Writes other than leader election's (a leader renews every retry period, and both replicas may
+   * race to create the Lease at start: the loser's POST gets 409).
+   */
   writes(since = 0): ApiCall[] {
-    return this.calls.slice(since).filter((c) => WRITE_METHODS.has(c.method) && !c.path.includes("/leases/"));
+    return this.calls
+      .slice(since)
+      .filter((c) => WRITE_METHODS.has(c.method) && !c.path.startsWith("/apis/coordination.k8s.io/"));
   }
   forbidden(): ApiCall[] {
     return this.calls.filter((c) => c.status === 403);

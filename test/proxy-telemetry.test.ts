@@ -1,8 +1,12 @@
 // The logger (JSON and ECS, redaction, no stacks) and the metrics registry, in process.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Writable } from "node:stream";
+import pino from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
-import { describe, expect, it } from "vitest";
-import { type AccessLine, createLogger, writeAccessLine } from "../proxy/access-log.ts";
+import { describe, expect, it, vi } from "vitest";
+import { type AccessLine, createLogger, LineBatch, writeAccessLine } from "../proxy/access-log.ts";
 import { createProxyMetrics, DURATION_BUCKETS } from "../proxy/metrics.ts";
 
 function capture(): { stream: Writable; lines: () => Record<string, unknown>[] } {
@@ -81,42 +85,43 @@ describe("createLogger", () => {
   });
 });
 
-describe("writeAccessLine", () => {
-  const lines: AccessLine[] = [
-    {
-      requestId: "r1",
-      method: "GET",
-      path: '/o"x\\\u2028\u00e9\ud800\n',
-      rule: "read-orders",
-      decision: "allow",
-      reason: "role",
-      subject: "svc\u0000",
-      clientId: "reader",
-      roles: ["a", 'b"'],
-      rateLimit: "per-client",
-      status: 200,
-      latencyMs: 1.234,
-      upstreamMs: 0.5,
-      failure: "upstream-error",
-    },
-    {
-      requestId: "r2",
-      method: "",
-      path: undefined,
-      rule: "(none)",
-      decision: "invalid",
-      reason: "parse-error",
-      subject: undefined,
-      clientId: undefined,
-      roles: undefined,
-      rateLimit: undefined,
-      status: 400,
-      latencyMs: 0.001,
-      upstreamMs: undefined,
-      failure: undefined,
-    },
-  ];
+/** Two access lines: every field with characters JSON must escape, and the fewest fields. */
+const lines: AccessLine[] = [
+  {
+    requestId: "r1",
+    method: "GET",
+    path: '/o"x\\\u2028\u00e9\ud800\n',
+    rule: "read-orders",
+    decision: "allow",
+    reason: "role",
+    subject: "svc\u0000",
+    clientId: "reader",
+    roles: ["a", 'b"'],
+    rateLimit: "per-client",
+    status: 200,
+    latencyMs: 1.234,
+    upstreamMs: 0.5,
+    failure: "upstream-error",
+  },
+  {
+    requestId: "r2",
+    method: "",
+    path: undefined,
+    rule: "(none)",
+    decision: "invalid",
+    reason: "parse-error",
+    subject: undefined,
+    clientId: undefined,
+    roles: undefined,
+    rateLimit: undefined,
+    status: 400,
+    latencyMs: 0.001,
+    upstreamMs: undefined,
+    failure: undefined,
+  },
+];
 
+describe("writeAccessLine", () => {
   it.each(["json", "ecs"] as const)("writes the fields pino's logger.info would (%s)", (format) => {
     const out = capture();
     const logger = createLogger({ format, level: "info", destination: out.stream });
@@ -140,6 +145,64 @@ describe("writeAccessLine", () => {
     const out = capture();
     writeAccessLine(createLogger({ format: "json", level: "warn", destination: out.stream }), lines[0]!);
     expect(out.lines()).toHaveLength(0);
+  });
+});
+
+describe("LineBatch", () => {
+  /** A LineBatch over an unbatched sonic-boom writing to a temp file, as stdout() builds it. */
+  function batchToFile() {
+    const dir = mkdtempSync(join(tmpdir(), "portcullis-log-"));
+    const file = join(dir, "out.log");
+    const batch = new LineBatch(pino.destination({ dest: file, sync: true }));
+    const logger = createLogger({ format: "json", level: "info", destination: batch });
+    const written = () => (existsSync(file) ? readFileSync(file, "utf8") : "");
+    const cleanup = () => {
+      batch.end();
+      rmSync(dir, { recursive: true, force: true });
+    };
+    return { batch, logger, written, cleanup };
+  }
+
+  it("holds lines until about 32 KiB are pending, then writes them in order with pino's own lines", () => {
+    const { logger, written, cleanup } = batchToFile();
+    try {
+      writeAccessLine(logger, lines[0]!);
+      logger.warn("between two access lines");
+      writeAccessLine(logger, lines[1]!);
+      expect(written()).toBe("");
+      for (let i = 0; written() === ""; i++) {
+        expect(i).toBeLessThan(1_000);
+        writeAccessLine(logger, { ...lines[0]!, requestId: `filler-${i}` });
+      }
+      const [first, second, third] = written()
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line));
+      expect([first.requestId, second.msg, third.requestId]).toEqual([
+        lines[0]!.requestId,
+        "between two access lines",
+        lines[1]!.requestId,
+      ]);
+      expect(written().length).toBeGreaterThanOrEqual(32 * 1024);
+    } finally {
+      cleanup();
+    }
+  });
+
+  it("writes a quiet logger's pending lines within the flush interval, and at once on flush", async () => {
+    const { logger, written, cleanup } = batchToFile();
+    try {
+      writeAccessLine(logger, lines[0]!);
+      expect(written()).toBe("");
+      await vi.waitFor(() => expect(written()).toContain(lines[0]!.requestId), { timeout: 2_000 });
+      writeAccessLine(logger, lines[1]!);
+      await new Promise<void>((resolve, reject) =>
+        logger.flush((error) => (error ? reject(error) : resolve())),
+      );
+      expect(written()).toContain(lines[1]!.requestId);
+    } finally {
+      cleanup();
+    }
   });
 });
 

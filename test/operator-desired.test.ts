@@ -22,6 +22,7 @@ import {
 } from "../operator/desired.ts";
 import {
   drainSeconds,
+  memoryBytes,
   parseServerVersion,
   resolveUpstreamPort,
   useNativeSidecar,
@@ -309,9 +310,35 @@ describe("the sidecar on a selected Deployment", () => {
     for (const port of c.ports ?? []) expect(port.name?.length).toBeLessThanOrEqual(15);
     expect(c.volumeMounts).toEqual([{ name: POLICY_VOLUME, mountPath: "/etc/portcullis", readOnly: true }]);
     expect(c.env).toEqual([
+      // The policy's memory limit is 96Mi: half of it for the old generation, but never under 48.
+      { name: "NODE_OPTIONS", value: "--max-semi-space-size=4 --max-old-space-size=48" },
       { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
       { name: "PORTCULLIS_LOG_LEVEL", value: "info" },
     ]);
+  });
+
+  it("sizes the proxy's V8 heap to the sidecar's memory limit", () => {
+    const withLimit = (memory: string | number | undefined) => {
+      const p = policy("orders-api", {
+        spec: { sidecar: { resources: memory === undefined ? {} : { limits: { memory } } } },
+      });
+      const config = operatorConfig(["--identity", "test", "--sidecar-limits", ""]);
+      return sidecarOf(desired(input({ policy: p, policiesInNamespace: [p] }), config)).env?.find(
+        (e) => e.name === "NODE_OPTIONS",
+      )?.value;
+    };
+    expect(withLimit("512Mi")).toBe("--max-semi-space-size=4 --max-old-space-size=256");
+    expect(withLimit("1Gi")).toBe("--max-semi-space-size=4 --max-old-space-size=512");
+    expect(withLimit("0.5Gi")).toBe("--max-semi-space-size=4 --max-old-space-size=256");
+    expect(withLimit("400M")).toBe("--max-semi-space-size=4 --max-old-space-size=190");
+    expect(withLimit(268435456)).toBe("--max-semi-space-size=4 --max-old-space-size=128");
+    expect(withLimit("32Mi")).toBe("--max-semi-space-size=4 --max-old-space-size=48");
+    // No limit at all: V8 sizes the old generation from the node's memory itself.
+    expect(withLimit(undefined)).toBe("--max-semi-space-size=4");
+    expect(memoryBytes("128Mi")).toBe(134217728);
+    expect(memoryBytes("1e3")).toBe(1000);
+    expect(memoryBytes("12Xi")).toBeUndefined();
+    expect(memoryBytes("")).toBeUndefined();
   });
 
   it("probes the admin port: startup and liveness on /healthz (never waiting for the app), readiness on /readyz", () => {
@@ -368,6 +395,7 @@ describe("the sidecar on a selected Deployment", () => {
     const shared = desired(input(), withRedis);
     const c = sidecarOf(shared);
     expect(c.env).toEqual([
+      { name: "NODE_OPTIONS", value: "--max-semi-space-size=4 --max-old-space-size=48" },
       { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
       { name: "PORTCULLIS_LOG_LEVEL", value: "info" },
       { name: "PORTCULLIS_REDIS_URL", value: url },

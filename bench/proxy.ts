@@ -1,65 +1,48 @@
 // The proxy against a bare node:http + undici pass-through, same tiny upstream, same load (wrk, 32
-// connections): requests/s, p50/p99 latency, CPU time per request and peak RSS of the server process,
-// and the ratio. Each server runs in a child process of its own so its CPU and memory are its own.
-//   npx node bench/proxy.ts [--seconds 10] [--rounds 1]
+// connections): requests/s, p50/p99 latency, CPU time per request, peak RSS and peak private (anonymous)
+// memory of the server process, and the ratio. Each server runs in a child process of its own; its CPU
+// and memory are read from /proc by this process.
+//   npx node bench/proxy.ts [--seconds 10] [--rounds 1] [--profile <dir>] [--sidecar-node-options "<flags>"]
 //
 // Servers measured:
 //   pass-through (stream)    node:http + undici Pool.stream(), the shape FIELD-NOTES measured
 //   pass-through (dispatch)  node:http + undici Pool.dispatch() writing into res, what forward.ts does
 //   portcullis               createProxyServer with the example policy: RS256 bearer token, anyRole rule,
 //                            header hygiene, identity headers, JSON access log to stdout, metrics
+//   portcullis, log off      the same at log level warn: what the access log costs
+//   sidecar (deployed)       the compiled proxy/main.js (npm run build, what the image runs) with the
+//                            NODE_OPTIONS the operator sets for the default memory limit
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through.
 
-import { type ChildProcess, execFileSync, fork } from "node:child_process";
+import { type ChildProcess, execFile, execFileSync, fork, spawn } from "node:child_process";
 import { once } from "node:events";
-import { openSync, readFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { Pool } from "undici";
-import { parse } from "yaml";
+import { parse, stringify } from "yaml";
+import { freePort } from "../examples/free-port.ts";
+import { DEFAULT_SIDECAR_RESOURCES } from "../operator/config.ts";
+import { sidecarNodeOptions } from "../operator/sidecar.ts";
 import { DEFAULT_UPSTREAM_CONNECTIONS } from "../proxy/forward.ts";
 
 const ROLE = process.argv[2];
 const CONNECTIONS = 32;
 const UPSTREAM_BODY = Buffer.from('{"orders":[{"id":1,"item":"espresso beans"}]}');
 
-type ServerKind = "upstream" | "stream" | "dispatch" | "portcullis" | "portcullis-quiet";
+type ServerKind = "upstream" | "stream" | "dispatch" | "portcullis" | "portcullis-quiet" | "sidecar";
 
 interface Ready {
   port: number;
 }
 
-interface Usage {
-  cpuMicros: number;
-  /** The event loop's thread alone (no GC helpers, no thread pool). */
-  mainThreadCpuMicros: number;
-  maxRssBytes: number;
-}
-
 // ---- child processes ------------------------------------------------------------------------------
 
-/** Messages from the parent: "usage-start" begins a window, "usage-stop" answers with its Usage. */
-function serveUsage(): void {
-  let start = process.cpuUsage();
-  let startThread = process.threadCpuUsage();
+/** "exit" from the parent ends the child normally, so --cpu-prof and friends write their output. */
+function exitOnRequest(): void {
   process.on("message", (message: unknown) => {
-    if (message === "usage-start") {
-      start = process.cpuUsage();
-      startThread = process.threadCpuUsage();
-    } else if (message === "usage-stop") {
-      const cpu = process.cpuUsage(start);
-      const thread = process.threadCpuUsage(startThread);
-      const usage: Usage = {
-        cpuMicros: cpu.user + cpu.system,
-        mainThreadCpuMicros: thread.user + thread.system,
-        maxRssBytes: process.resourceUsage().maxRSS * 1024,
-      };
-      process.send?.(usage);
-    } else if (message === "exit") {
-      // A normal exit, so --cpu-prof and friends write their output.
-      process.exit(0);
-    }
+    if (message === "exit") process.exit(0);
   });
 }
 
@@ -69,7 +52,7 @@ async function listen(server: ReturnType<typeof createServer>): Promise<void> {
   await once(server, "listening");
   const ready: Ready = { port: (server.address() as AddressInfo).port };
   process.send?.(ready);
-  serveUsage();
+  exitOnRequest();
 }
 
 async function runUpstream(): Promise<void> {
@@ -256,11 +239,14 @@ function toMs(value: string): number {
   return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n;
 }
 
-function wrk(url: string, seconds: number, token: string): Measurement {
-  const output = execFileSync(
-    "wrk",
-    ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--latency", "-H", `Authorization: Bearer ${token}`, url],
-    { encoding: "utf8" },
+async function wrk(url: string, seconds: number, token: string): Promise<Measurement> {
+  const output = await new Promise<string>((resolve, reject) =>
+    execFile(
+      "wrk",
+      ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--latency", "-H", `Authorization: Bearer ${token}`, url],
+      { encoding: "utf8" },
+      (error, stdout) => (error ? reject(error) : resolve(stdout)),
+    ),
   );
   const requests = Number(/(\d+) requests in/.exec(output)?.[1]);
   const errors =
@@ -296,29 +282,94 @@ async function start(kind: ServerKind, args: string[] = []): Promise<Child> {
   return { kind, process: child, port: message.port };
 }
 
-async function usage(child: Child, message: "usage-start" | "usage-stop"): Promise<Usage | undefined> {
-  child.process.send(message);
-  if (message === "usage-start") return undefined;
-  const [answer] = (await once(child.process, "message")) as [Usage];
-  return answer;
+/**
+ * The sidecar as deployed: `npm run build` output, run without type stripping, with the operator's
+ * NODE_OPTIONS for its default memory limit.
+ */
+async function startSidecar(
+  built: string,
+  upstream: string,
+  issuer: string,
+  workDir: string,
+): Promise<Child> {
+  const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
+  document.spec.authentication.issuers[0].issuer = issuer;
+  const policyFile = `${workDir}/policy.yaml`;
+  writeFileSync(policyFile, stringify(document));
+  // --sidecar-node-options "<flags>" measures other V8 settings ("" for Node's defaults).
+  const at = process.argv.indexOf("--sidecar-node-options");
+  const nodeOptions =
+    at > 0 ? process.argv[at + 1]! : sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
+  const [port, admin] = [await freePort(), await freePort()];
+  const child = spawn(
+    process.execPath,
+    [
+      ...nodeOptions.split(" ").filter(Boolean),
+      `${built}/proxy/main.js`,
+      ...["--policy", policyFile, "--upstream", upstream],
+      ...["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`],
+    ],
+    // Its access log goes where the other servers' go.
+    { stdio: ["ignore", openSync("/dev/null", "w"), "inherit"] },
+  );
+  // Ready once the issuer's keys are loaded and the upstream answers.
+  for (let attempt = 0; ; attempt++) {
+    const ready = await fetch(`http://127.0.0.1:${admin}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ready) break;
+    if (attempt > 100 || child.exitCode !== null) throw new Error("the sidecar did not become ready");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return { kind: "sidecar", process: child, port };
+}
+
+// ---- measuring a child from /proc -----------------------------------------------------------------
+
+const CLOCK_TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
+
+/** utime + stime of a process (all threads) or of one thread, in microseconds. */
+function cpuMicros(statFile: string): number {
+  const fields = readFileSync(statFile, "utf8").split(") ")[1]!.split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS_PER_SECOND;
+}
+
+function statusKiB(pid: number, field: string): number {
+  const match = new RegExp(`${field}:\\s+(\\d+)`).exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return Number(match?.[1] ?? Number.NaN);
+}
+
+/** Private memory: anonymous pages (heap, malloc), not the node binary's shared, file-backed text. */
+function anonymousKiB(pid: number): number {
+  const match = /Anonymous:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"));
+  return Number(match?.[1] ?? Number.NaN);
 }
 
 interface Result extends Measurement {
   cpuMicrosPerRequest: number;
   mainThreadMicrosPerRequest: number;
   maxRssMiB: number;
+  maxPrivateMiB: number;
 }
 
 async function measure(child: Child, seconds: number, token: string): Promise<Result> {
+  const pid = child.process.pid!;
   const url = `http://127.0.0.1:${child.port}/orders`;
-  await usage(child, "usage-start");
-  const load = wrk(url, seconds, token);
-  const used = (await usage(child, "usage-stop"))!;
+  const cpuBefore = cpuMicros(`/proc/${pid}/stat`);
+  const mainBefore = cpuMicros(`/proc/${pid}/task/${pid}/stat`);
+  let privatePeak = anonymousKiB(pid);
+  const sampler = setInterval(() => {
+    privatePeak = Math.max(privatePeak, anonymousKiB(pid));
+  }, 100);
+  const load = await wrk(url, seconds, token);
+  clearInterval(sampler);
   return {
     ...load,
-    cpuMicrosPerRequest: used.cpuMicros / load.requests,
-    mainThreadMicrosPerRequest: used.mainThreadCpuMicros / load.requests,
-    maxRssMiB: used.maxRssBytes / 1024 / 1024,
+    cpuMicrosPerRequest: (cpuMicros(`/proc/${pid}/stat`) - cpuBefore) / load.requests,
+    mainThreadMicrosPerRequest: (cpuMicros(`/proc/${pid}/task/${pid}/stat`) - mainBefore) / load.requests,
+    maxRssMiB: statusKiB(pid, "VmHWM") / 1024,
+    maxPrivateMiB: Math.max(privatePeak, anonymousKiB(pid)) / 1024,
   };
 }
 
@@ -332,6 +383,7 @@ const LABELS: Record<ServerKind, string> = {
   dispatch: "pass-through (dispatch)",
   portcullis: "portcullis",
   "portcullis-quiet": "portcullis, log off",
+  sidecar: "sidecar (deployed)",
 };
 
 function row(cells: readonly (string | number)[], widths: readonly number[]): string {
@@ -356,15 +408,25 @@ async function main(): Promise<void> {
   const token = await idp.token("reader");
   const upstream = await start("upstream");
   const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+  // Inside the repository, so the compiled files resolve node_modules.
+  const built = mkdtempSync(new URL("../.build-bench-", import.meta.url).pathname);
+  execFileSync(
+    process.execPath,
+    ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json", "--outDir", built],
+    {
+      cwd: new URL("..", import.meta.url).pathname,
+    },
+  );
   const servers = [
     await start("stream", [upstreamUrl]),
     await start("dispatch", [upstreamUrl]),
     await start("portcullis", [upstreamUrl, idp.issuer]),
     await start("portcullis-quiet", [upstreamUrl, idp.issuer]),
+    await startSidecar(built, upstreamUrl, idp.issuer, built),
   ];
   try {
     // Warm-up: JIT (a few seconds matter on this machine), connection pools, the token cache.
-    for (const server of servers) wrk(`http://127.0.0.1:${server.port}/orders`, 5, token);
+    for (const server of servers) await wrk(`http://127.0.0.1:${server.port}/orders`, 5, token);
     const results = new Map<ServerKind, Result[]>(servers.map((s) => [s.kind, []]));
     // Alternating rounds, so other load on the machine lands on every server alike.
     for (let round = 0; round < rounds; round++) {
@@ -373,9 +435,22 @@ async function main(): Promise<void> {
     console.log(
       `node ${process.version}, ${availableParallelism()} CPUs; wrk -t1 -c${CONNECTIONS} -d${seconds}s x ${rounds} round(s); GET /orders, RS256 bearer token; tiny node:http upstream`,
     );
-    const widths = [24, 8, 7, 7, 11, 12, 9, 7];
+    const widths = [24, 8, 7, 7, 11, 12, 9, 13, 7];
     console.log(
-      row(["server", "req/s", "p50 ms", "p99 ms", "CPU us/req", "main us/req", "peak RSS", "errors"], widths),
+      row(
+        [
+          "server",
+          "req/s",
+          "p50 ms",
+          "p99 ms",
+          "CPU us/req",
+          "main us/req",
+          "peak RSS",
+          "peak private",
+          "errors",
+        ],
+        widths,
+      ),
     );
     for (const server of servers) {
       const r = results.get(server.kind)!;
@@ -389,6 +464,7 @@ async function main(): Promise<void> {
             mean(r, (x) => x.cpuMicrosPerRequest).toFixed(1),
             mean(r, (x) => x.mainThreadMicrosPerRequest).toFixed(1),
             `${Math.max(...r.map((x) => x.maxRssMiB)).toFixed(0)} MiB`,
+            `${Math.max(...r.map((x) => x.maxPrivateMiB)).toFixed(0)} MiB`,
             r.reduce((sum, x) => sum + x.errors, 0),
           ],
           widths,
@@ -401,17 +477,22 @@ async function main(): Promise<void> {
       ["portcullis", "stream"],
       ["portcullis", "dispatch"],
       ["portcullis-quiet", "stream"],
+      ["sidecar", "stream"],
     ] as const) {
       console.log(
         `${LABELS[kind]} / ${LABELS[baseline]}: ${(rps(kind) / rps(baseline)).toFixed(2)}x req/s, ${(cpu(kind) / cpu(baseline)).toFixed(2)}x CPU per request`,
       );
     }
-    console.log("budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's req/s");
+    console.log(
+      "budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's req/s; RSS <= 64 MiB under load",
+    );
   } finally {
-    // "exit" lets each server end normally (so --cpu-prof writes its profile); kill what lingers.
+    // "exit" lets each server end normally (so --cpu-prof writes its profile); the sidecar gets
+    // SIGTERM and drains; kill what lingers.
     await Promise.all(
       [upstream, ...servers].map(async (child) => {
-        child.process.send("exit");
+        if (child.process.connected) child.process.send("exit");
+        else child.process.kill("SIGTERM");
         const exited = once(child.process, "exit");
         const timer = setTimeout(() => child.process.kill(), 5_000);
         await exited;
@@ -419,6 +500,7 @@ async function main(): Promise<void> {
       }),
     );
     await idp.stop();
+    rmSync(built, { recursive: true, force: true });
   }
 }
 

@@ -10,7 +10,7 @@ import type { LogFormat, LogLevel } from "./config.ts";
 export interface LoggerOptions {
   format: LogFormat;
   level: LogLevel;
-  /** Default: stdout, written asynchronously (flush with `logger.flush()` before exiting). */
+  /** Default: stdout, batched (flush with `logger.flush()` before exiting). */
   destination?: pino.DestinationStream;
 }
 
@@ -25,40 +25,60 @@ export const REDACTED_PATHS = [
   ),
 ];
 
-/**
- * Lines are batched into writes of about BATCH_BYTES, and never wait longer than FLUSH_MS. Each write
- * is a hop to libuv's thread pool: at 32 KiB a line costs ~0.8 us less than at 8 KiB (bench/access-log.ts).
- */
+/** Lines are batched into writes of about BATCH_BYTES, and never wait longer than FLUSH_MS. */
 const BATCH_BYTES = 32 * 1024;
 const FLUSH_MS = 250;
+
+/** Room for a batch plus a long line; a line that would not fit is written on its own. */
+const BUFFER_BYTES = 2 * BATCH_BYTES;
+
+/** sonic-boom in contentMode "buffer" (its typings declare string writes only). */
+export interface BufferSink {
+  write(data: Buffer): boolean;
+  flush(callback: (error?: Error) => void): void;
+  flushSync(): void;
+  end(): void;
+}
 
 /**
  * Batches lines into one write of about BATCH_BYTES, and writes what is pending every FLUSH_MS so a
  * quiet sidecar's lines still appear. One write(2) per access line costs more than everything else
- * the proxy does for a request; sonic-boom's own batching (minLength) measures its pending string's
- * byte length on every line, which flattens it: ~4 us more per access line (bench/access-log.ts).
+ * the proxy does for a request. Each line is encoded into a buffer at once: the string dies young,
+ * and a batch waiting for its write holds no heap objects that GC would copy and promote. sonic-boom's
+ * own batching (minLength) keeps a pending string and measures its byte length on every line, which
+ * flattens it: ~4 us more per access line (bench/access-log.ts).
  */
 export class LineBatch implements pino.DestinationStream {
-  readonly #sink: ReturnType<typeof pino.destination>;
-  #pending = "";
+  readonly #sink: BufferSink;
+  #buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
+  #used = 0;
   readonly #timer: NodeJS.Timeout;
 
-  constructor(sink: ReturnType<typeof pino.destination>) {
+  constructor(sink: BufferSink) {
     this.#sink = sink;
     this.#timer = setInterval(() => this.#push(), FLUSH_MS).unref();
   }
 
   write(line: string): void {
-    this.#pending += line;
-    // Characters, not bytes: a threshold needs no precision, and counting bytes would flatten the string.
-    if (this.#pending.length >= BATCH_BYTES) this.#push();
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit.
+    if (this.#used + line.length * 3 > BUFFER_BYTES) {
+      this.#push();
+      if (line.length * 3 > BUFFER_BYTES) {
+        this.#sink.write(Buffer.from(line, "utf8"));
+        return;
+      }
+    }
+    this.#used += this.#buffer.write(line, this.#used, "utf8");
+    if (this.#used >= BATCH_BYTES) this.#push();
   }
 
   #push(): void {
-    if (this.#pending === "") return;
-    const text = this.#pending;
-    this.#pending = "";
-    this.#sink.write(text);
+    if (this.#used === 0) return;
+    // The sink keeps the buffer until its write completes: the next lines go into a new one.
+    const full = this.#buffer.subarray(0, this.#used);
+    this.#buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
+    this.#used = 0;
+    this.#sink.write(full);
   }
 
   /** pino's logger.flush(cb): everything pending reaches the file descriptor, then cb. */
@@ -83,15 +103,26 @@ export class LineBatch implements pino.DestinationStream {
   }
 }
 
-/** Lines to a file descriptor (stdout in the sidecar), batched, written asynchronously. */
+/**
+ * Lines to a file descriptor (stdout in the sidecar), batched, each batch written synchronously, as
+ * pino's own default destination writes. Asynchronous writes (a hop to libuv's thread pool and back per
+ * batch) cost the loaded proxy ~10% of its throughput here (bench/proxy.ts), and buffer without bound
+ * when the log reader stalls; a synchronous write makes a stalled reader slow the proxy down instead,
+ * as nginx's access log does, and the sidecar's memory stays flat.
+ */
 export function batchedDestination(fd: number): LineBatch {
-  // minLength 1, not 0: sonic-boom writes each batch at once either way, but only with a minLength
-  // does its flush(cb) wait for the write in flight (the drain before exit depends on it). maxWrite
-  // above BATCH_BYTES: one batch, one write.
-  const sink = pino.destination({ dest: fd, sync: false, minLength: 1, maxWrite: 64 * 1024 });
+  // minLength 1, not 0: only with a minLength does sonic-boom's flush(cb) wait for the write (the
+  // drain before exit depends on it). maxWrite: one batch, one write.
+  const sink = pino.destination({
+    dest: fd,
+    sync: true,
+    minLength: 1,
+    maxWrite: BUFFER_BYTES,
+    contentMode: "buffer",
+  });
   // A closed stdout (EPIPE) must not become an uncaught exception that is then logged to stdout.
   sink.on("error", () => undefined);
-  const batch = new LineBatch(sink);
+  const batch = new LineBatch(sink as unknown as BufferSink);
   // pino flushes the sink synchronously on exit; what is still pending here must reach it first.
   process.once("exit", () => batch.flushSync());
   return batch;

@@ -1,12 +1,18 @@
 // The logger (JSON and ECS, redaction, no stacks) and the metrics registry, in process.
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
-import pino from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
 import { describe, expect, it, vi } from "vitest";
-import { type AccessLine, createLogger, LineBatch, writeAccessLine } from "../proxy/access-log.ts";
+import {
+  type AccessLine,
+  type BufferSink,
+  batchedDestination,
+  createLogger,
+  LineBatch,
+  writeAccessLine,
+} from "../proxy/access-log.ts";
 import { createProxyMetrics, DURATION_BUCKETS } from "../proxy/metrics.ts";
 
 function capture(): { stream: Writable; lines: () => Record<string, unknown>[] } {
@@ -149,32 +155,34 @@ describe("writeAccessLine", () => {
 });
 
 describe("LineBatch", () => {
-  /** A LineBatch over an unbatched sonic-boom writing to a temp file, as stdout() builds it. */
-  function batchToFile() {
-    const dir = mkdtempSync(join(tmpdir(), "portcullis-log-"));
-    const file = join(dir, "out.log");
-    const batch = new LineBatch(pino.destination({ dest: file, sync: true }));
-    const logger = createLogger({ format: "json", level: "info", destination: batch });
-    const written = () => (existsSync(file) ? readFileSync(file, "utf8") : "");
-    const cleanup = () => {
-      batch.end();
-      rmSync(dir, { recursive: true, force: true });
+  /** A LineBatch over a sink that records each write (a copy: the batch may not reuse a written buffer). */
+  function recorded() {
+    const writes: string[] = [];
+    const sink: BufferSink = {
+      write: (data) => writes.push(Buffer.from(data).toString("utf8")) > 0,
+      flush: (callback) => callback(),
+      flushSync: () => undefined,
+      end: () => undefined,
     };
-    return { batch, logger, written, cleanup };
+    const batch = new LineBatch(sink);
+    const logger = createLogger({ format: "json", level: "info", destination: batch });
+    return { batch, logger, writes };
   }
 
-  it("holds lines until about 32 KiB are pending, then writes them in order with pino's own lines", () => {
-    const { logger, written, cleanup } = batchToFile();
+  it("holds lines until about 32 KiB are pending, then writes them at once, in order with pino's own", () => {
+    const { batch, logger, writes } = recorded();
     try {
       writeAccessLine(logger, lines[0]!);
       logger.warn("between two access lines");
       writeAccessLine(logger, lines[1]!);
-      expect(written()).toBe("");
-      for (let i = 0; written() === ""; i++) {
+      expect(writes).toEqual([]);
+      for (let i = 0; writes.length === 0; i++) {
         expect(i).toBeLessThan(1_000);
         writeAccessLine(logger, { ...lines[0]!, requestId: `filler-${i}` });
       }
-      const [first, second, third] = written()
+      expect(writes).toHaveLength(1);
+      expect(Buffer.byteLength(writes[0]!)).toBeGreaterThanOrEqual(32 * 1024);
+      const [first, second, third] = writes[0]!
         .split("\n")
         .filter(Boolean)
         .map((line) => JSON.parse(line));
@@ -183,25 +191,44 @@ describe("LineBatch", () => {
         "between two access lines",
         lines[1]!.requestId,
       ]);
-      expect(written().length).toBeGreaterThanOrEqual(32 * 1024);
     } finally {
-      cleanup();
+      batch.end();
     }
   });
 
-  it("writes a quiet logger's pending lines within the flush interval, and at once on flush", async () => {
-    const { logger, written, cleanup } = batchToFile();
+  it("writes a line too long for its buffer on its own, after what was pending", () => {
+    const { batch, writes } = recorded();
+    try {
+      batch.write("short\n");
+      const long = `${"\u00e9".repeat(40_000)}\n`;
+      batch.write(long);
+      batch.write("after\n");
+      batch.flushSync();
+      expect(writes).toEqual(["short\n", long, "after\n"]);
+    } finally {
+      batch.end();
+    }
+  });
+
+  it("writes a quiet logger's lines to its file within the flush interval, and at once on flush", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "portcullis-log-"));
+    const file = join(dir, "out.log");
+    const batch = batchedDestination(openSync(file, "w"));
+    const logger = createLogger({ format: "json", level: "info", destination: batch });
+    const written = () => readFileSync(file, "utf8");
     try {
       writeAccessLine(logger, lines[0]!);
       expect(written()).toBe("");
       await vi.waitFor(() => expect(written()).toContain(lines[0]!.requestId), { timeout: 2_000 });
       writeAccessLine(logger, lines[1]!);
+      // flush(cb) calls back once the write has reached the file, not merely when it was started.
       await new Promise<void>((resolve, reject) =>
         logger.flush((error) => (error ? reject(error) : resolve())),
       );
       expect(written()).toContain(lines[1]!.requestId);
     } finally {
-      cleanup();
+      batch.end();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

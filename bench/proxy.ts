@@ -2,7 +2,7 @@
 // connections): requests/s, p50/p99 latency, CPU time per request, peak RSS and peak private (anonymous)
 // memory of the server process, and the ratio. Each server runs in a child process of its own; its CPU
 // and memory are read from /proc by this process.
-//   npx node bench/proxy.ts [--seconds 10] [--rounds 1] [--profile <dir>] [--sidecar-node-options "<flags>"]
+//   npx node bench/proxy.ts [--seconds 10] [--rounds 1] [--profile <dir>] [--sidecar-node-options "<flags>"]...
 //
 // Servers measured:
 //   pass-through (stream)    node:http + undici Pool.stream(), the shape FIELD-NOTES measured
@@ -263,6 +263,8 @@ async function wrk(url: string, seconds: number, token: string): Promise<Measure
 
 interface Child {
   kind: ServerKind;
+  /** The row's name. */
+  label: string;
   process: ChildProcess;
   port: number;
 }
@@ -279,7 +281,7 @@ async function start(kind: ServerKind, args: string[] = []): Promise<Child> {
     execArgv: [...process.execArgv, ...profile],
   });
   const [message] = (await once(child, "message")) as [Ready];
-  return { kind, process: child, port: message.port };
+  return { kind, label: LABELS[kind], process: child, port: message.port };
 }
 
 /**
@@ -291,16 +293,13 @@ async function startSidecar(
   upstream: string,
   issuer: string,
   workDir: string,
+  nodeOptions: string,
 ): Promise<Child> {
   const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
   document.spec.authentication.issuers[0].issuer = issuer;
-  const policyFile = `${workDir}/policy.yaml`;
-  writeFileSync(policyFile, stringify(document));
-  // --sidecar-node-options "<flags>" measures other V8 settings ("" for Node's defaults).
-  const at = process.argv.indexOf("--sidecar-node-options");
-  const nodeOptions =
-    at > 0 ? process.argv[at + 1]! : sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
   const [port, admin] = [await freePort(), await freePort()];
+  const policyFile = `${workDir}/policy-${port}.yaml`;
+  writeFileSync(policyFile, stringify(document));
   const child = spawn(
     process.execPath,
     [
@@ -322,7 +321,9 @@ async function startSidecar(
     if (attempt > 100 || child.exitCode !== null) throw new Error("the sidecar did not become ready");
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  return { kind: "sidecar", process: child, port };
+  const label =
+    nodeOptions === DEPLOYED_NODE_OPTIONS ? LABELS.sidecar : `sidecar ${nodeOptions || "(Node defaults)"}`;
+  return { kind: "sidecar", label, process: child, port };
 }
 
 // ---- measuring a child from /proc -----------------------------------------------------------------
@@ -377,6 +378,9 @@ function mean(results: readonly Result[], pick: (r: Result) => number): number {
   return results.reduce((sum, r) => sum + pick(r), 0) / results.length;
 }
 
+/** What the operator sets for a sidecar with the default memory limit. */
+const DEPLOYED_NODE_OPTIONS = sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
+
 const LABELS: Record<ServerKind, string> = {
   upstream: "upstream",
   stream: "pass-through (stream)",
@@ -422,20 +426,27 @@ async function main(): Promise<void> {
     await start("dispatch", [upstreamUrl]),
     await start("portcullis", [upstreamUrl, idp.issuer]),
     await start("portcullis-quiet", [upstreamUrl, idp.issuer]),
-    await startSidecar(built, upstreamUrl, idp.issuer, built),
   ];
+  // --sidecar-node-options "<flags>" (repeatable; "" for Node's defaults) adds sidecars run with
+  // other V8 settings, measured in the same rounds as the deployed one.
+  const variants = process.argv.flatMap((arg, i) =>
+    arg === "--sidecar-node-options" ? [process.argv[i + 1] ?? ""] : [],
+  );
+  for (const nodeOptions of [DEPLOYED_NODE_OPTIONS, ...variants]) {
+    servers.push(await startSidecar(built, upstreamUrl, idp.issuer, built, nodeOptions));
+  }
   try {
     // Warm-up: JIT (a few seconds matter on this machine), connection pools, the token cache.
     for (const server of servers) await wrk(`http://127.0.0.1:${server.port}/orders`, 5, token);
-    const results = new Map<ServerKind, Result[]>(servers.map((s) => [s.kind, []]));
+    const results = new Map<string, Result[]>(servers.map((s) => [s.label, []]));
     // Alternating rounds, so other load on the machine lands on every server alike.
     for (let round = 0; round < rounds; round++) {
-      for (const server of servers) results.get(server.kind)!.push(await measure(server, seconds, token));
+      for (const server of servers) results.get(server.label)!.push(await measure(server, seconds, token));
     }
     console.log(
       `node ${process.version}, ${availableParallelism()} CPUs; wrk -t1 -c${CONNECTIONS} -d${seconds}s x ${rounds} round(s); GET /orders, RS256 bearer token; tiny node:http upstream`,
     );
-    const widths = [24, 8, 7, 7, 11, 12, 9, 13, 7];
+    const widths = [Math.max(24, ...servers.map((s) => s.label.length)), 8, 7, 7, 11, 12, 9, 13, 7];
     console.log(
       row(
         [
@@ -453,11 +464,11 @@ async function main(): Promise<void> {
       ),
     );
     for (const server of servers) {
-      const r = results.get(server.kind)!;
+      const r = results.get(server.label)!;
       console.log(
         row(
           [
-            LABELS[server.kind],
+            server.label,
             mean(r, (x) => x.requestsPerSecond).toFixed(0),
             mean(r, (x) => x.p50Ms).toFixed(2),
             mean(r, (x) => x.p99Ms).toFixed(2),
@@ -471,16 +482,17 @@ async function main(): Promise<void> {
         ),
       );
     }
-    const rps = (kind: ServerKind) => mean(results.get(kind)!, (x) => x.requestsPerSecond);
-    const cpu = (kind: ServerKind) => mean(results.get(kind)!, (x) => x.cpuMicrosPerRequest);
-    for (const [kind, baseline] of [
-      ["portcullis", "stream"],
-      ["portcullis", "dispatch"],
-      ["portcullis-quiet", "stream"],
-      ["sidecar", "stream"],
-    ] as const) {
+    const rps = (label: string) => mean(results.get(label)!, (x) => x.requestsPerSecond);
+    const cpu = (label: string) => mean(results.get(label)!, (x) => x.cpuMicrosPerRequest);
+    const ratios: [string, string][] = [
+      [LABELS.portcullis, LABELS.stream],
+      [LABELS.portcullis, LABELS.dispatch],
+      [LABELS["portcullis-quiet"], LABELS.stream],
+      ...servers.filter((s) => s.kind === "sidecar").map((s): [string, string] => [s.label, LABELS.stream]),
+    ];
+    for (const [label, baseline] of ratios) {
       console.log(
-        `${LABELS[kind]} / ${LABELS[baseline]}: ${(rps(kind) / rps(baseline)).toFixed(2)}x req/s, ${(cpu(kind) / cpu(baseline)).toFixed(2)}x CPU per request`,
+        `${label} / ${baseline}: ${(rps(label) / rps(baseline)).toFixed(2)}x req/s, ${(cpu(label) / cpu(baseline)).toFixed(2)}x CPU per request`,
       );
     }
     console.log(

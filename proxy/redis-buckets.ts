@@ -2,7 +2,7 @@
 // round trip decides and the "theoretical arrival time" is the only state (one key per bucket,
 // expiring when the bucket would be full again).
 
-import { createClient } from "redis";
+import { type CommandParser, createClient, defineScript } from "redis";
 import type { SharedBucketStore } from "./rate-limit.ts";
 
 const GCRA = `
@@ -19,6 +19,21 @@ redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.max(1, math.ceil(new_ta
 return 0
 `;
 
+/**
+ * Sent as EVALSHA (the script's SHA1, not its text); node-redis falls back to EVAL once when Redis
+ * answers NOSCRIPT (a restarted or flushed Redis), which loads it again.
+ */
+const takeScript = defineScript({
+  SCRIPT: GCRA,
+  NUMBER_OF_KEYS: 1,
+  parseCommand(parser: CommandParser, key: string, intervalMs: number, burst: number) {
+    parser.pushKey(key);
+    parser.push(String(intervalMs), String(burst));
+  },
+  /** Milliseconds until the request would be allowed; 0 when it is. */
+  transformReply: (reply: number): number => Number(reply),
+});
+
 export interface RedisBucketStore extends SharedBucketStore {
   close(): Promise<void>;
 }
@@ -32,6 +47,7 @@ export async function connectRedisBuckets(
   const firstConnectMs = options.firstConnectMs ?? 1000;
   const client = createClient({
     url,
+    scripts: { takeToken: takeScript },
     // Fail fast instead of queueing while disconnected: the limiter falls back to local buckets.
     disableOfflineQueue: true,
     socket: { connectTimeout: 1000, reconnectStrategy: (retries) => Math.min(50 * 2 ** retries, 2000) },
@@ -43,11 +59,7 @@ export async function connectRedisBuckets(
   await withTimeout(client.connect(), firstConnectMs).catch(() => {});
   return {
     async take(key, intervalMs, burst) {
-      const result = await withTimeout(
-        client.eval(GCRA, { keys: [prefix + key], arguments: [String(intervalMs), String(burst)] }),
-        timeoutMs,
-      );
-      return Number(result);
+      return withTimeout(client.takeToken(prefix + key, intervalMs, burst), timeoutMs);
     },
     async close() {
       // destroy(), not close(): close() waits for a reconnecting client, possibly for ever.

@@ -1,3 +1,4 @@
+import { createClient } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RateLimit } from "../policy/schema.ts";
 import { bucketKey, RateLimiter, type RateLimitSubject } from "../proxy/rate-limit.ts";
@@ -85,6 +86,29 @@ describe("shared buckets on a real Redis", () => {
     expect(allowed).toBeLessThanOrEqual(6);
     const denied = await replicas[0]!.check(limits, who("tenant"));
     expect(denied.allowed).toBe(false);
+  });
+
+  it("sends the script by its SHA1, and again by its text once after Redis forgot it", async () => {
+    const store = await connectRedisBuckets(redis.url);
+    stores.push(store);
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    try {
+      const calls = async (command: "eval" | "evalsha") => {
+        const stats = await admin.info("commandstats");
+        return Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(stats)?.[1] ?? 0);
+      };
+      const before = { eval: await calls("eval"), evalsha: await calls("evalsha") };
+      await admin.scriptFlush();
+      expect(await store.take("sha", 1000, 3)).toBe(0);
+      for (let i = 0; i < 4; i++) await store.take("sha", 1000, 3);
+      // The first call after the flush: EVALSHA (NOSCRIPT), then EVAL; every later one EVALSHA only.
+      expect((await calls("eval")) - before.eval).toBe(1);
+      expect((await calls("evalsha")) - before.evalsha).toBe(5);
+      expect(await store.take("sha", 1000, 3)).toBeGreaterThan(0);
+    } finally {
+      admin.destroy();
+    }
   });
 
   it("falls back to local buckets while Redis is down, and returns to Redis after", async () => {

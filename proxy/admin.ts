@@ -2,8 +2,11 @@
 // policy: /healthz (the process serves), /readyz (policy loaded, keys warm, not draining),
 // /metrics (Prometheus text), and the identity assertion's public keys when configured.
 
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import { httpModule } from "./http-module.ts";
 import type { ProxyMetrics } from "./metrics.ts";
+
+const { createServer } = httpModule;
 
 /** `note`: a degradation worth showing that does not (or no longer) make the sidecar unready. */
 export type Readiness = { ready: true; note?: string } | { ready: false; reason: string };

@@ -1,11 +1,12 @@
 // The public listener. createProxyServer wires the request path (pipeline.ts), upgrades (websocket.ts)
 // and the hardening that belongs to the socket layer; listening and draining are the caller's.
 
-import { createServer, type Server, STATUS_CODES } from "node:http";
+import type { Server } from "node:http";
 import type { Duplex } from "node:stream";
 import type pino from "pino";
 import { type AssertionSigner, createAssertionSigner } from "./assertion.ts";
 import { createUpstreamPool } from "./forward.ts";
+import { httpModule } from "./http-module.ts";
 import {
   completeExchange,
   handleRequest,
@@ -18,6 +19,8 @@ import { PROBLEMS, problemBody, writeProblemToSocket } from "./problem.ts";
 import { RateLimiter } from "./rate-limit.ts";
 import type { ProxyRuntime } from "./runtime.ts";
 import { handleUpgrade } from "./websocket.ts";
+
+const { createServer, STATUS_CODES } = httpModule;
 
 export interface ProxyServerOptions {
   /** Read once at the start of every request. */

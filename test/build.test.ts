@@ -55,6 +55,27 @@ describe("the compiled build", () => {
     expect(result.stdout.trim()).toBe("function");
   });
 
+  it("loads neither Node's bundled undici nor the Redis client for the proxy (memory in every pod)", () => {
+    const main = join(outDir, "proxy/main.js");
+    const result = runCompiled([
+      "--input-type=module",
+      "-e",
+      [
+        `await import(${JSON.stringify(main)});`,
+        `const { createRequire } = await import("node:module");`,
+        "const cjs = Object.keys(createRequire(import.meta.url).cache);",
+        "console.log(JSON.stringify({",
+        "  bundledUndici: process.moduleLoadList.some((m) => m.includes('deps/undici')),",
+        "  redis: cjs.some((file) => file.includes('/node_modules/@redis/')),",
+        "  npmUndici: cjs.some((file) => file.includes('/node_modules/undici/')),",
+        "}));",
+      ].join("\n"),
+    ]);
+    expect(result.stderr).toBe("");
+    // npm undici is the proxy's HTTP client; its presence shows the probe sees CJS modules at all.
+    expect(JSON.parse(result.stdout)).toEqual({ bundledUndici: false, redis: false, npmUndici: true });
+  });
+
   it("validates the example policy with the compiled CLI", () => {
     const result = runCompiled([join(outDir, "policy/cli.js"), "validate", "examples/fastapi/policy.yaml"]);
     expect(result.status).toBe(0);

@@ -471,6 +471,21 @@ describe("portcullis-proxy lifecycle", () => {
     }
   });
 
+  it("keeps serving when its stdout is closed (the log reader went away: EPIPE)", async () => {
+    const policyFile = join(workDir, "epipe.yaml");
+    await writeFile(policyFile, await policyText());
+    const proxy = await startProxy(policyFile);
+    await waitUntilReady(proxy);
+    proxy.child.stdout?.destroy();
+    // Well over one batch of access lines, so writes to the closed pipe happen.
+    for (let i = 0; i < 300; i++) {
+      expect((await get(`${proxy.url}/orders`, tokens.reader)).status).toBe(200);
+    }
+    expect((await get(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+    expect(proxy.child.exitCode).toBeNull();
+    expect(proxy.stderr()).toBe("");
+  });
+
   it("refuses to start without a valid policy, listing every problem", async () => {
     const policyFile = join(workDir, "invalid.yaml");
     await writeFile(policyFile, (await policyText()).replace("{order_id:int}", "{order_id:integer}"));

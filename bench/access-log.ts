@@ -5,6 +5,7 @@
 import { openSync } from "node:fs";
 import pino from "pino";
 import { type AccessLine, batchedDestination, createLogger, writeAccessLine } from "../proxy/access-log.ts";
+import { newRequestId } from "../proxy/pipeline.ts";
 
 const at = process.argv.indexOf("--lines");
 const LINES = at > 0 ? Number(process.argv[at + 1]) : 300_000;
@@ -33,6 +34,8 @@ const line: AccessLine = {
   failure: undefined,
 };
 
+const PATHS = ["/orders", "/orders/42", "/orders/7/items", "/healthz"];
+
 /**
  * CPU microseconds per line, every write included (the flush at the end waits for them). The event
  * loop turns every 32 lines: a proxy under 32 connections answers at most about that many per turn.
@@ -41,7 +44,11 @@ async function perLine(destination: pino.DestinationStream): Promise<number> {
   const logger = createLogger({ format: "json", level: "info", destination });
   const start = process.cpuUsage();
   for (let i = 0; i < LINES; i++) {
-    line.latencyMs = i / 1000;
+    // What varies per request in the proxy: the id (a new one each time), the path, the timings.
+    line.requestId = newRequestId();
+    line.path = PATHS[i % PATHS.length];
+    line.latencyMs = Math.round(Math.random() * 5_000_000) / 1000;
+    line.upstreamMs = Math.round(Math.random() * 4_000_000) / 1000;
     writeAccessLine(logger, line);
     if (i % 32 === 31) await new Promise((resolve) => setImmediate(resolve));
   }

@@ -258,14 +258,18 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
 
 // --- per Deployment ---------------------------------------------------------------------------
 
-interface Context {
-  input: ReconcileInput;
-  config: OperatorConfig;
+/** What releasing needs: whose marks to give back, and where events go. */
+interface ReleaseContext {
   name: string;
   namespace: string;
+  events: PolicyEvent[];
+}
+
+interface Context extends ReleaseContext {
+  input: ReconcileInput;
+  config: OperatorConfig;
   cmName: string;
   native: boolean;
-  events: PolicyEvent[];
 }
 
 /** A Deployment this policy holds and applies its sidecar to: what its Services may be pointed at. */
@@ -273,6 +277,28 @@ interface Held {
   labels: Record<string, string>;
   port: number;
   portNames: string[];
+}
+
+/**
+ * What a policy that is gone left behind when its finalizer never ran (removed by hand, or the policy
+ * force-deleted): every Service and Deployment still marked as its own is given back, as a deletion
+ * would. Without this its sidecars would keep mounting a ConfigMap that garbage collection removed, and
+ * new pods could not start.
+ */
+export function releaseOrphans(
+  namespace: string,
+  name: string,
+  deployments: readonly V1Deployment[],
+  services: readonly V1Service[],
+): Pick<ReconcileOutput, "deployments" | "services" | "events"> {
+  const ctx: ReleaseContext = { name, namespace, events: [] };
+  return {
+    services: byName(services.filter((s) => carriedPolicy(s) === name)).map((s) => restoreService(ctx, s)),
+    deployments: byName(deployments.filter((d) => carriedPolicy(d) === name)).map((d) =>
+      releaseDeployment(ctx, d),
+    ),
+    events: ctx.events,
+  };
 }
 
 function reconcileDeployment(
@@ -360,7 +386,7 @@ function reconcileDeployment(
   return { kind: "Deployment", name: dName, state: "Protected", message: `sidecar ${hash}` };
 }
 
-function releaseDeployment(ctx: Context, d: V1Deployment): Intent<DeploymentApply> {
+function releaseDeployment(ctx: ReleaseContext, d: V1Deployment): Intent<DeploymentApply> {
   const dName = d.metadata?.name ?? "";
   ctx.events.push(
     event(ctx, d, "Normal", "Removed", `sidecar removed: AccessPolicy ${ctx.name} no longer applies`),
@@ -558,7 +584,7 @@ function reconcileService(
 }
 
 /** Every recorded port back to its original targetPort; our annotations go (not sent). */
-function restoreService(ctx: Context, s: V1Service): Intent<ServiceApply> {
+function restoreService(ctx: ReleaseContext, s: V1Service): Intent<ServiceApply> {
   const recorded = readRecord(s);
   const ports = servicePorts(s)
     .filter((p) => portKey(p) in recorded)
@@ -717,7 +743,8 @@ function finalizerAction(policy: AccessPolicy, deleting: boolean): ReconcileOutp
   return has ? "none" : "add";
 }
 
-function carriedPolicy(o: V1Deployment | V1Service): string | undefined {
+/** The AccessPolicy a Deployment or Service is marked as protected by, if any. */
+export function carriedPolicy(o: V1Deployment | V1Service): string | undefined {
   return o.metadata?.annotations?.[POLICY_ANNOTATION];
 }
 
@@ -732,7 +759,7 @@ function byName<T extends { metadata?: { name?: string } }>(objects: readonly T[
 }
 
 function event(
-  ctx: Context,
+  ctx: ReleaseContext,
   d: V1Deployment,
   type: PolicyEvent["type"],
   reason: PolicyEvent["reason"],

@@ -7,7 +7,14 @@ import type { Applier } from "./apply.ts";
 import { deepEqual } from "./apply.ts";
 import { kubeTime } from "./conditions.ts";
 import { configMapName, FINALIZER, type OperatorConfig, POLICY_LABEL } from "./config.ts";
-import { desired, policiesForDeployment, type ReconcileInput, type ReconcileOutput } from "./desired.ts";
+import {
+  carriedPolicy,
+  desired,
+  policiesForDeployment,
+  type ReconcileInput,
+  type ReconcileOutput,
+  releaseOrphans,
+} from "./desired.ts";
 import { isApiError, type KubeClient, type KubeObject, resourcePath } from "./kube-client.ts";
 import type { ServerVersion } from "./sidecar.ts";
 import type { Informer, InformerEvent } from "./watch.ts";
@@ -72,8 +79,18 @@ export class Reconciler {
   async reconcile(key: string): Promise<void> {
     const { namespace, name } = splitKey(key);
     const policy = this.#caches.policies.get(namespace, name) as AccessPolicy | undefined;
-    // Gone: its finalizer ran (or was removed by hand); nothing of ours is left to release by it.
-    if (policy === undefined) return;
+    if (policy === undefined) {
+      // Gone. After its finalizer ran nothing is marked as its own; if the finalizer was removed by
+      // hand, what is still marked is given back now.
+      const orphans = releaseOrphans(
+        namespace,
+        name,
+        this.#caches.deployments.list(namespace) as V1Deployment[],
+        this.#caches.services.list(namespace) as V1Service[],
+      );
+      await this.#release({ ...orphans, finalizer: "none" }, namespace);
+      return;
+    }
 
     const input: ReconcileInput = {
       policy,
@@ -91,7 +108,7 @@ export class Reconciler {
     if (out.finalizer === "add") await this.#applier.setFinalizer(policyObject, FINALIZER, true);
 
     if (policy.metadata.deletionTimestamp) {
-      await this.#release(out, policyObject);
+      await this.#release(out, namespace, policyObject);
       return;
     }
 
@@ -140,9 +157,15 @@ export class Reconciler {
     if (failures.length > 0) throw new PartialFailure(failures);
   }
 
-  /** Deleting: Services back first (traffic never meets a missing sidecar), then Deployments. */
-  async #release(out: ReconcileOutput, policy: KubeObject): Promise<void> {
-    const namespace = policy.metadata?.namespace ?? "";
+  /**
+   * Deleting (or the policy gone): Services back first (traffic never meets a missing sidecar), then
+   * Deployments, then the ConfigMap and the policy's finalizer.
+   */
+  async #release(
+    out: Pick<ReconcileOutput, "deployments" | "services" | "events" | "finalizer" | "deleteConfigMap">,
+    namespace: string,
+    policy?: KubeObject,
+  ): Promise<void> {
     for (const intent of out.services) {
       if (intent.upToDate) continue;
       await this.#applier.apply(intent.body, this.#caches.services.get(namespace, intent.name), true);
@@ -162,7 +185,7 @@ export class Reconciler {
       }
     }
     await this.#recordEvents(out);
-    if (out.finalizer === "remove") {
+    if (out.finalizer === "remove" && policy !== undefined) {
       try {
         await this.#applier.setFinalizer(policy, FINALIZER, false);
       } catch (error) {
@@ -171,7 +194,7 @@ export class Reconciler {
     }
   }
 
-  async #recordEvents(out: ReconcileOutput): Promise<void> {
+  async #recordEvents(out: Pick<ReconcileOutput, "events">): Promise<void> {
     for (const event of out.events) {
       try {
         await this.#applier.recordEvent(event);
@@ -204,11 +227,17 @@ export class Reconciler {
         const policies = this.#policiesIn(namespace) as unknown as AccessPolicy[];
         const names = new Set(policiesForDeployment(object as V1Deployment, policies));
         if (old) for (const n of policiesForDeployment(old as V1Deployment, policies)) names.add(n);
+        // The policy it is marked by, even one that no longer exists (its orphans are released).
+        const marked = carriedPolicy(object as V1Deployment);
+        if (marked !== undefined) names.add(marked);
         return [...names].map((n) => policyKey(namespace, n));
       }
       case "services": {
         if (event === "update" && old !== undefined && !workloadChanged(old, object)) return [];
-        return this.#policiesIn(namespace).map((p) => policyKey(namespace, p.metadata?.name ?? ""));
+        const names = new Set(this.#policiesIn(namespace).map((p) => p.metadata?.name ?? ""));
+        const marked = carriedPolicy(object as V1Service);
+        if (marked !== undefined) names.add(marked);
+        return [...names].map((n) => policyKey(namespace, n));
       }
       case "configMaps": {
         const owner = object.metadata?.labels?.[POLICY_LABEL] ?? old?.metadata?.labels?.[POLICY_LABEL];

@@ -19,6 +19,7 @@ import {
   policiesForDeployment,
   type ReconcileInput,
   type ReconcileOutput,
+  releaseOrphans,
 } from "../operator/desired.ts";
 import {
   drainSeconds,
@@ -975,6 +976,30 @@ describe("release", () => {
     expect(done.services).toEqual([]);
     expect(done.events).toEqual([]);
     expect(done.finalizer).toBe("none");
+  });
+
+  it("gives back what a policy that is gone (finalizer removed by hand) left marked, and only that", () => {
+    const deployments = structuredClone(protectedWorld.deployments);
+    const billing = deployments.find((d) => d.metadata?.name === "billing");
+    if (billing?.metadata) billing.metadata.annotations = { [POLICY_ANNOTATION]: "someone-else" };
+    const orphans = releaseOrphans(NS, "orders-api", deployments, protectedWorld.services);
+    expect(orphans.deployments.map((d) => [d.name, d.release, d.body])).toEqual([
+      [
+        "orders-api",
+        true,
+        { apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "orders-api", namespace: NS } },
+      ],
+    ]);
+    expect(orphans.services.map((s) => [s.name, s.release, s.body.spec.ports])).toEqual([
+      ["orders-api", true, [{ port: 80, protocol: "TCP", targetPort: "http" }]],
+    ]);
+    expect(orphans.events.map((e) => [e.reason, e.regarding.name])).toEqual([["Removed", "orders-api"]]);
+    // Applied, the user's objects are as before the policy; a second pass finds nothing to do.
+    const restored = applyOutput(protectedWorld, { ...reconcile(protectedWorld), ...orphans });
+    expect(restored.deployments[0]).toEqual(world0.deployments[0]);
+    expect(restored.services).toEqual(world0.services);
+    const again = releaseOrphans(NS, "orders-api", restored.deployments, restored.services);
+    expect([again.deployments, again.services, again.events]).toEqual([[], [], []]);
   });
 
   it("releases a Deployment relabeled out of the selector, and only that one", () => {

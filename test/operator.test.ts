@@ -275,6 +275,32 @@ describe("the example policy on the example app", () => {
   });
 });
 
+describe("a policy deleted after its finalizer was removed by hand", () => {
+  const ns = "orphans";
+
+  it("still gets its Deployment and Service restored", async () => {
+    const original = await exampleApp(ns);
+    await create(client, examplePolicy(ns));
+    await policyWhen(client, ns, "orders-api", "Ready", isReady);
+    expect(sidecarOf(await getDeployment(ns))).toBeDefined();
+
+    await mergePatch(client, PATHS.policy(ns, "orders-api"), { metadata: { finalizers: null } });
+    await client.request("DELETE", PATHS.policy(ns, "orders-api"));
+    await eventually(
+      "the Deployment is restored",
+      async () =>
+        JSON.stringify(userVisible(await getDeployment(ns))) ===
+        JSON.stringify(userVisible(original.deployment)),
+    );
+    await eventually(
+      "the Service is restored",
+      async () =>
+        JSON.stringify(userVisible(await getService(ns))) === JSON.stringify(userVisible(original.service)),
+    );
+    expect(await getOrUndefined(client, PATHS.policy(ns, "orders-api"))).toBeUndefined();
+  });
+});
+
 describe("a Deployment relabelled out of the selector", () => {
   const ns = "relabel";
 

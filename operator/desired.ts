@@ -366,7 +366,7 @@ function reconcileDeployment(
       },
     },
   };
-  const upToDate = carriesSidecar(ctx, d, hash);
+  const upToDate = carriesSidecar(ctx, d, hash, container);
   intents.push({ name: dName, body, release: false, upToDate });
   held.push({ labels: podLabels(d) ?? {}, port: upstream.port, portNames: upstream.names });
   if (!upToDate) {
@@ -400,17 +400,45 @@ function releaseDeployment(ctx: ReleaseContext, d: V1Deployment): Intent<Deploym
   };
 }
 
-/** Our marks on the observed Deployment: annotation, hash, sidecar in the right list, volume. */
-function carriesSidecar(ctx: Context, d: V1Deployment, hash: string): boolean {
+/**
+ * Our marks on the observed Deployment: annotation, hash, the sidecar in the right list and as we
+ * wrote it, the volume. The hash alone would miss a hand edit of the sidecar (another image, other
+ * args): for a security component that is drift to undo, not to keep.
+ */
+function carriesSidecar(ctx: Context, d: V1Deployment, hash: string, container: V1Container): boolean {
   const pod = d.spec?.template?.spec;
-  const inList = (list: readonly V1Container[] | undefined) =>
-    (list ?? []).some((c) => c.name === SIDECAR_NAME);
+  const find = (list: readonly V1Container[] | undefined) =>
+    (list ?? []).find((c) => c.name === SIDECAR_NAME);
+  const live = find(ctx.native ? pod?.initContainers : pod?.containers);
   return (
     carriedPolicy(d) === ctx.name &&
     d.spec?.template?.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION] === hash &&
-    inList(ctx.native ? pod?.initContainers : pod?.containers) &&
-    !inList(ctx.native ? pod?.containers : pod?.initContainers) &&
+    live !== undefined &&
+    sidecarUnchanged(container, live) &&
+    find(ctx.native ? pod?.containers : pod?.initContainers) === undefined &&
     (pod?.volumes ?? []).some((v) => v.name === POLICY_VOLUME && v.configMap?.name === ctx.cmName)
+  );
+}
+
+/**
+ * The fields of the sidecar that decide what it runs and what it may do, as the API server serves
+ * them: compared as written (the server adds defaults elsewhere, e.g. probe thresholds, and may
+ * rewrite resource quantities, so those are left to the hash).
+ */
+const COMPARED_SIDECAR_FIELDS = [
+  "image",
+  "command",
+  "args",
+  "env",
+  "ports",
+  "volumeMounts",
+  "securityContext",
+  "restartPolicy",
+] as const;
+
+function sidecarUnchanged(written: V1Container, live: V1Container): boolean {
+  return COMPARED_SIDECAR_FIELDS.every(
+    (field) => canonicalJson(written[field]) === canonicalJson(live[field]),
   );
 }
 

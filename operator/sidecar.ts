@@ -135,6 +135,9 @@ export function sidecarNodeOptions(memoryLimit: string | number | undefined): st
   return flags.join(" ");
 }
 
+/** The proxy's executable in the image (Dockerfile: a link on PATH). */
+export const PROXY_COMMAND = "portcullis-proxy";
+
 export interface SidecarSettings {
   upstreamPort: number;
   drainSeconds: number;
@@ -151,6 +154,10 @@ export function sidecarContainer(
   const container: V1Container = {
     name: SIDECAR_NAME,
     image: spec.sidecar.image ?? config.proxyImage,
+    // Named, not left to the image's entrypoint: the operator then owns the field, and a hand edit
+    // that makes the sidecar run something else is written back (server-side apply cannot clear a
+    // field it never set).
+    command: [PROXY_COMMAND],
     args: [
       "--policy",
       `${POLICY_DIR}/${POLICY_KEY}`,

@@ -294,6 +294,7 @@ describe("the sidecar on a selected Deployment", () => {
     expect(c.name).toBe("portcullis");
     expect(c.image).toBe(CONFIG.proxyImage);
     expect(c.restartPolicy).toBe("Always");
+    expect(c.command).toEqual(["portcullis-proxy"]);
     expect(c.args).toEqual([
       "--policy",
       "/etc/portcullis/policy.yaml",
@@ -641,6 +642,46 @@ describe("a second reconcile", () => {
     if (pod) pod.initContainers = [];
     const out = reconcile({ ...world, deployments: stripped });
     expect(out.deployments[0]?.upToDate).toBe(false);
+  });
+
+  it("sees a sidecar edited by hand under an unchanged hash, and writes it back", () => {
+    const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+    const world = applyOutput(world0, reconcile(world0));
+    const edits: ((c: V1Container) => void)[] = [
+      (c) => {
+        c.image = "registry.example/not-portcullis:latest";
+      },
+      (c) => {
+        c.args = [...(c.args ?? []), "--log-level", "debug"];
+      },
+      (c) => {
+        c.env = (c.env ?? []).filter((e) => e.name !== "NODE_OPTIONS");
+      },
+      (c) => {
+        c.securityContext = { ...c.securityContext, runAsNonRoot: false };
+      },
+      (c) => {
+        c.command = ["sh", "-c", "sleep infinity"];
+      },
+    ];
+    for (const edit of edits) {
+      const edited = structuredClone(world.deployments);
+      const sidecar = edited[0]?.spec?.template.spec?.initContainers?.find((c) => c.name === SIDECAR_NAME);
+      if (sidecar === undefined) throw new Error("no sidecar in the protected world");
+      edit(sidecar);
+      const out = reconcile({ ...world, deployments: edited });
+      expect(out.deployments[0]?.upToDate).toBe(false);
+      // Applied again, the sidecar is the operator's once more.
+      expect(applyOutput({ ...world, deployments: edited }, out).deployments).toEqual(world.deployments);
+    }
+    // What the API server adds to a container (defaults) is not an edit.
+    const defaulted = structuredClone(world.deployments);
+    const sidecar = defaulted[0]?.spec?.template.spec?.initContainers?.find((c) => c.name === SIDECAR_NAME);
+    if (sidecar) {
+      sidecar.terminationMessagePath = "/dev/termination-log";
+      sidecar.imagePullPolicy = "IfNotPresent";
+    }
+    expectQuiet(reconcile({ ...world, deployments: defaulted }, { now: LATER }));
   });
 });
 

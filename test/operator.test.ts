@@ -39,6 +39,8 @@ import {
 interface Container {
   name: string;
   restartPolicy?: string;
+  image?: string;
+  command?: string[];
   args?: string[];
   env?: { name: string; value?: string }[];
   ports?: { name?: string; containerPort: number }[];
@@ -272,6 +274,41 @@ describe("the example policy on the example app", () => {
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeUndefined();
     const events = await eventsIn(ns);
     expect(events.some((e) => e.reason === "Removed")).toBe(true);
+  });
+});
+
+describe("a sidecar edited by hand", () => {
+  const ns = "drift";
+
+  it("is written back as the policy says", async () => {
+    await exampleApp(ns);
+    await create(client, examplePolicy(ns));
+    await policyWhen(client, ns, "orders-api", "Ready", isReady);
+    const before = await getDeployment(ns);
+    const written = sidecarOf(before);
+    expect(written?.image).toBeDefined();
+
+    // As `kubectl edit` would: an update under another field manager, the hash annotation untouched.
+    const edited = structuredClone(before);
+    const sidecar = sidecarOf(edited);
+    if (sidecar === undefined) throw new Error("no sidecar");
+    Object.assign(sidecar, {
+      image: "registry.example/not-portcullis:latest",
+      command: ["sleep", "infinity"],
+    });
+    await client.request("PUT", PATHS.deployment(ns, "orders-api"), {
+      query: { fieldManager: "kubectl-edit" },
+      body: edited,
+    });
+
+    const restored = await eventually("the sidecar is the operator's again", async () => {
+      const d = await getDeployment(ns);
+      return sidecarOf(d)?.image === written?.image ? d : undefined;
+    });
+    expect(sidecarOf(restored)?.command).toEqual(["portcullis-proxy"]);
+    expect(restored.spec.template.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION]).toBe(
+      before.spec.template.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION],
+    );
   });
 });
 

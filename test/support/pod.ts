@@ -64,6 +64,10 @@ export async function exampleImages(): Promise<RunPodOptions["images"]> {
   const python = await ensureVenv();
   return (container) => {
     if (container.name === "portcullis") {
+      // The image's portcullis-proxy (Dockerfile) is proxy/main.ts here.
+      if (JSON.stringify(container.command) !== JSON.stringify(["portcullis-proxy"])) {
+        throw new Error(`the sidecar runs ${JSON.stringify(container.command)}, not portcullis-proxy`);
+      }
       return { command: process.execPath, args: [join(root, "proxy/main.ts"), ...(container.args ?? [])] };
     }
     const [program, ...rest] = [...(container.command ?? []), ...(container.args ?? [])];

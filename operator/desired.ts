@@ -277,6 +277,8 @@ interface Held {
   labels: Record<string, string>;
   port: number;
   portNames: string[];
+  /** Every pod runs the template with the sidecar: a Service may be pointed at it. */
+  rolledOut: boolean;
 }
 
 /**
@@ -368,7 +370,13 @@ function reconcileDeployment(
   };
   const upToDate = carriesSidecar(ctx, d, hash, container);
   intents.push({ name: dName, body, release: false, upToDate });
-  held.push({ labels: podLabels(d) ?? {}, port: upstream.port, portNames: upstream.names });
+  const rollout = upToDate ? rolloutProgress(d) : { done: false, message: "the sidecar is being added" };
+  held.push({
+    labels: podLabels(d) ?? {},
+    port: upstream.port,
+    portNames: upstream.names,
+    rolledOut: rollout.done,
+  });
   if (!upToDate) {
     ctx.events.push(
       event(
@@ -383,7 +391,36 @@ function reconcileDeployment(
   const failure = ctx.input.failedDeployments?.[dName];
   if (failure !== undefined)
     return { kind: "Deployment", name: dName, state: "Error", message: `apply failed: ${failure}` };
+  if (!rollout.done) {
+    return {
+      kind: "Deployment",
+      name: dName,
+      state: "Pending",
+      message: `sidecar ${hash}: ${rollout.message}`,
+    };
+  }
   return { kind: "Deployment", name: dName, state: "Protected", message: `sidecar ${hash}` };
+}
+
+/**
+ * Whether every pod of the Deployment runs its current template, as `kubectl rollout status` decides
+ * it from the Deployment controller's status (no pods are read).
+ */
+export function rolloutProgress(d: V1Deployment): { done: boolean; message: string } {
+  const wanted = d.spec?.replicas ?? 1;
+  const status = d.status ?? {};
+  if ((status.observedGeneration ?? 0) < (d.metadata?.generation ?? 0)) {
+    return { done: false, message: "rolling out: the Deployment controller has not seen the change yet" };
+  }
+  const updated = status.updatedReplicas ?? 0;
+  if (updated < wanted) return { done: false, message: `rolling out: ${updated} of ${wanted} pods updated` };
+  const old = (status.replicas ?? 0) - updated;
+  if (old > 0) return { done: false, message: `rolling out: ${old} old pods still running` };
+  const available = status.availableReplicas ?? 0;
+  if (available < updated) {
+    return { done: false, message: `rolling out: ${available} of ${updated} updated pods available` };
+  }
+  return { done: true, message: "rolled out" };
 }
 
 function releaseDeployment(ctx: ReleaseContext, d: V1Deployment): Intent<DeploymentApply> {
@@ -564,6 +601,10 @@ function reconcileService(
     .sort(olderFirst);
   const keeper = keepers[0];
   if (keeper !== undefined && keeper.metadata.name !== ctx.name) return undefined;
+  // Pointed at the sidecar only once every pod behind it has one: a named targetPort that a pod does
+  // not declare takes that pod out of the Service, and during the rollout that would be most of them.
+  // A Service another policy pointed there already stays (its pods declare the port either way).
+  if (carried === undefined && mine.some((h) => !h.rolledOut)) return undefined;
   const numbers = new Set(mine.map((h) => h.port));
   const names = new Set(mine.flatMap((h) => h.portNames));
   const qualifies = (target: number | string) =>

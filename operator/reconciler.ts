@@ -251,10 +251,15 @@ export class Reconciler {
   }
 }
 
-/** Changes that can move a Deployment's or Service's fate: spec, labels, annotations. Not status. */
+/**
+ * Changes that can move a Deployment's or Service's fate: spec, labels, annotations, and a rollout's
+ * progress. Not the rest of the status.
+ */
 function workloadChanged(old: KubeObject, now: KubeObject): boolean {
   return (
     old.metadata?.generation !== now.metadata?.generation ||
+    // A rollout's progress: a Service waits for it (rolloutProgress).
+    !deepEqual(rolloutStatus(old), rolloutStatus(now)) ||
     !deepEqual(old.metadata?.labels, now.metadata?.labels) ||
     !deepEqual(old.metadata?.annotations, now.metadata?.annotations) ||
     old.metadata?.deletionTimestamp !== now.metadata?.deletionTimestamp ||
@@ -273,4 +278,9 @@ function competitionChanged(old: KubeObject, now: KubeObject): boolean {
 
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+function rolloutStatus(o: KubeObject): unknown[] {
+  const status = (o as V1Deployment).status;
+  return [status?.observedGeneration, status?.replicas, status?.updatedReplicas, status?.availableReplicas];
 }

@@ -27,12 +27,14 @@ import {
   userVisible,
 } from "./support/operator.ts";
 import { exampleImages, type LocalPod, runPod } from "./support/pod.ts";
+import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const ns = "shop";
 const name = "orders-api";
 
 let cp: ControlPlane;
 let client: KubeClient;
+let rollouts: RolloutStandIn;
 let idp: IdentityProvider;
 let operator: TestOperator;
 let pod: LocalPod | undefined;
@@ -83,6 +85,8 @@ async function servicePort(): Promise<number> {
 beforeAll(async () => {
   cp = await startControlPlane();
   client = adminClient(cp.kubeConfig);
+  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
+  rollouts = startRolloutStandIn(client);
   await installCrd(client);
   await createNamespace(client, ns);
   idp = await startIdentityProvider();
@@ -114,6 +118,7 @@ afterAll(async () => {
   await pod?.stop();
   await operator?.operator.stop();
   await idp?.stop();
+  await rollouts?.stop();
   await client?.close();
   await cp?.stop();
 });

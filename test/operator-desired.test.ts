@@ -20,6 +20,7 @@ import {
   type ReconcileInput,
   type ReconcileOutput,
   releaseOrphans,
+  rolloutProgress,
 } from "../operator/desired.ts";
 import {
   drainSeconds,
@@ -93,6 +94,15 @@ function policy(
   };
 }
 
+/** The Deployment controller's status once every pod (2) runs the template of `generation`. */
+const ROLLED_OUT = (generation: number) => ({
+  observedGeneration: generation,
+  replicas: 2,
+  updatedReplicas: 2,
+  readyReplicas: 2,
+  availableReplicas: 2,
+});
+
 function deployment(
   name = "orders-api",
   labels: Record<string, string> = { app: "orders-api" },
@@ -100,7 +110,8 @@ function deployment(
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
-    metadata: { name, namespace: NS, uid: `uid-deploy-${name}`, labels: { app: name } },
+    metadata: { name, namespace: NS, uid: `uid-deploy-${name}`, labels: { app: name }, generation: 1 },
+    status: ROLLED_OUT(1),
     spec: {
       replicas: 2,
       selector: { matchLabels: labels },
@@ -209,9 +220,14 @@ function applyOutput(world: World, out: ReconcileOutput): World {
   return next;
 }
 
-/** Server-side apply of our intent, for our fields only: the previous ones go, the new ones land. */
+/**
+ * Server-side apply of our intent, for our fields only: the previous ones go, the new ones land. A
+ * changed pod template is a new generation, rolled out at once (the Deployment controller and the
+ * kubelets of this model never keep anyone waiting; rollout tests set the status themselves).
+ */
 function applyDeployment(d: V1Deployment, body: DeploymentApply): V1Deployment {
   const copy = structuredClone(d);
+  const templateBefore = JSON.stringify(d.spec?.template);
   const meta = copy.metadata ?? {};
   const annotations = { ...meta.annotations };
   delete annotations[POLICY_ANNOTATION];
@@ -238,7 +254,32 @@ function applyDeployment(d: V1Deployment, body: DeploymentApply): V1Deployment {
   if (Object.keys(copy.metadata.annotations ?? {}).length === 0) delete copy.metadata.annotations;
   if (Object.keys(template.metadata.annotations ?? {}).length === 0) delete template.metadata.annotations;
   if (pod.volumes.length === 0) delete pod.volumes;
+  if (JSON.stringify(template) !== templateBefore) {
+    const generation = (copy.metadata.generation ?? 0) + 1;
+    copy.metadata.generation = generation;
+    copy.status = ROLLED_OUT(generation);
+  }
   return copy;
+}
+
+/** A Deployment without what rolling it out changes (generation, status): what its owner wrote. */
+function specOf(d: V1Deployment | undefined) {
+  if (d === undefined) return undefined;
+  const { status: _status, ...rest } = structuredClone(d);
+  delete rest.metadata?.generation;
+  return rest;
+}
+
+/** Reconciles and applies until nothing is left to do (adding the sidecar, then the Services). */
+function settle(world: World, changes: Partial<ReconcileInput> = {}): World {
+  let current = world;
+  for (let pass = 0; pass < 4; pass++) {
+    const out = reconcile(current, changes);
+    const next = applyOutput(current, out);
+    if (JSON.stringify(next) === JSON.stringify(current)) return current;
+    current = next;
+  }
+  throw new Error("the reconcile does not settle");
 }
 
 function reconcile(world: World, changes: Partial<ReconcileInput> = {}): ReconcileOutput {
@@ -522,7 +563,13 @@ describe("Services", () => {
       service("other-app", [{ port: 80, targetPort: "http" }], { app: "billing" }),
       service("no-selector", [{ port: 80, targetPort: "http" }], {}),
     ];
-    const out = desired(input({ services }), CONFIG);
+    const world0: World = { policy: policy(), deployments: [deployment()], services };
+    // While the sidecar is being added and rolled out, the Services stay as they are: a pod without
+    // the sidecar's named port would drop out of them.
+    const adding = reconcile(world0);
+    expect(adding.deployments[0]?.upToDate).toBe(false);
+    expect(adding.services).toEqual([]);
+    const out = reconcile(applyOutput(world0, adding));
     expect(out.services.map((s) => s.name)).toEqual(["by-name", "by-number", "mixed"]);
     const [byName, byNumber, mixed] = out.services;
     expect(byName?.body).toEqual({
@@ -542,9 +589,64 @@ describe("Services", () => {
     expect(mixed?.body.spec.ports).toEqual([{ port: 80, protocol: "TCP", targetPort: "portcullis" }]);
   });
 
+  it("wait for the sidecar's rollout before pointing at it; the target is Pending meanwhile", () => {
+    const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
+    const added = applyOutput(world0, reconcile(world0));
+    // The Deployment controller has not finished: one pod updated, one old pod still running.
+    const rolling = structuredClone(added.deployments);
+    const d = rolling[0];
+    if (d === undefined) throw new Error("no Deployment");
+    d.status = {
+      observedGeneration: d.metadata?.generation,
+      replicas: 3,
+      updatedReplicas: 1,
+      availableReplicas: 2,
+    };
+    const waiting = reconcile({ ...added, deployments: rolling });
+    expect(waiting.deployments[0]?.upToDate).toBe(true);
+    expect(waiting.services).toEqual([]);
+    expect(waiting.status.targets?.[0]).toMatchObject({
+      state: "Pending",
+      message: expect.stringContaining("1 of 2 pods updated"),
+    });
+    expect(waiting.status.conditions?.find((c) => c.type === "Ready")?.status).toBe("False");
+    // Rolled out: the Service follows, and the policy is Ready.
+    const done = reconcile(added);
+    expect(done.services.map((s) => s.body.spec.ports)).toEqual([
+      [{ port: 80, protocol: "TCP", targetPort: "portcullis" }],
+    ]);
+    expect(done.status.targets?.[0]?.state).toBe("Protected");
+  });
+
+  it("read a rollout's progress from the Deployment controller's status, as kubectl rollout status does", () => {
+    const at = (generation: number, status: V1Deployment["status"], replicas = 2) => {
+      const d = deployment();
+      if (d.metadata && d.spec) {
+        d.metadata.generation = generation;
+        d.spec.replicas = replicas;
+      }
+      d.status = status;
+      return rolloutProgress(d);
+    };
+    const full = { replicas: 2, updatedReplicas: 2, availableReplicas: 2 };
+    expect(at(3, { ...full, observedGeneration: 3 })).toEqual({ done: true, message: "rolled out" });
+    expect(at(3, { ...full, observedGeneration: 2 }).done).toBe(false);
+    expect(at(3, { ...full, observedGeneration: 3, updatedReplicas: 1 }).message).toContain(
+      "1 of 2 pods updated",
+    );
+    expect(at(3, { ...full, observedGeneration: 3, replicas: 3 }).message).toContain(
+      "1 old pods still running",
+    );
+    expect(at(3, { ...full, observedGeneration: 3, availableReplicas: 1 }).message).toContain(
+      "1 of 2 updated pods available",
+    );
+    expect(at(3, undefined).done).toBe(false);
+    // Scaled to zero: nothing to wait for.
+    expect(at(3, { observedGeneration: 3 }, 0).done).toBe(true);
+  });
+
   it("restore the recorded original when the Deployment stops matching", () => {
-    let world: World = { policy: policy(), deployments: [deployment()], services: [service()] };
-    world = applyOutput(world, reconcile(world));
+    const world = settle({ policy: policy(), deployments: [deployment()], services: [service()] });
     expect(world.services[0]?.spec?.ports?.[0]?.targetPort).toBe("portcullis");
     const relabeled = world.deployments.map((d) => {
       const copy = structuredClone(d);
@@ -578,7 +680,7 @@ describe("Services", () => {
         ]),
       ],
     };
-    world = applyOutput(world, reconcile(world));
+    world = settle(world);
     // The upstream moves to another port: the first recorded port goes back, the second follows.
     const p = policy("orders-api", { spec: { upstream: { port: 8000 } }, generation: 2 });
     const out = reconcile({ ...world, policy: { ...p, status: world.policy.status } });
@@ -605,28 +707,32 @@ describe("a second reconcile", () => {
       deployments: [deployment(), deployment("billing", { app: "billing" })],
       services: [service(), service("billing", [{ port: 80, targetPort: "http" }], { app: "billing" })],
     };
+    // First the sidecar (the Services wait for its rollout), then the Services.
     const out1 = reconcile(first);
     expect(out1.finalizer).toBe("add");
     expect(out1.events.map((e) => `${e.reason}:${e.regarding.name}`)).toEqual(["Protected:orders-api"]);
+    expect(out1.services).toEqual([]);
     const second = applyOutput(first, out1);
-    const out2 = reconcile(second, { now: LATER });
-    expectQuiet(out2);
-    expect(out2.deployments.map((d) => d.body)).toEqual(out1.deployments.map((d) => d.body));
-    expect(out2.services.map((s) => s.body)).toEqual(out1.services.map((s) => s.body));
-    expect(out2.configMap?.body).toEqual(out1.configMap?.body);
-    expect(out2.status).toEqual(out1.status);
-    expect(JSON.stringify(out2)).not.toContain(LATER);
-    // And once more from the applied world of the second: a fixed point.
-    expect(applyOutput(second, out2)).toEqual(second);
+    const out2 = reconcile(second);
+    expect(out2.deployments.map((d) => d.upToDate)).toEqual([true]);
+    expect(out2.services.map((s) => [s.name, s.upToDate])).toEqual([["orders-api", false]]);
+    expect(out2.events).toEqual([]);
+    const third = applyOutput(second, out2);
+    const out3 = reconcile(third, { now: LATER });
+    expectQuiet(out3);
+    expect(out3.deployments.map((d) => d.body)).toEqual(out1.deployments.map((d) => d.body));
+    expect(out3.services.map((s) => s.body)).toEqual(out2.services.map((s) => s.body));
+    expect(out3.configMap?.body).toEqual(out1.configMap?.body);
+    expect(out3.status).toEqual(out2.status);
+    expect(JSON.stringify(out3)).not.toContain(LATER);
+    // And once more from the applied world of the third: a fixed point.
+    expect(applyOutput(third, out3)).toEqual(third);
   });
 
   it("is quiet on an older server with plain containers too", () => {
-    const world = applyOutput(
+    const world = settle(
       { policy: policy(), deployments: [deployment()], services: [service()] },
-      reconcile(
-        { policy: policy(), deployments: [deployment()], services: [service()] },
-        { serverVersion: V1_28 },
-      ),
+      { serverVersion: V1_28 },
     );
     expectQuiet(reconcile(world, { serverVersion: V1_28, now: LATER }));
     // A cluster upgrade moves the sidecar into initContainers: that is a change.
@@ -636,7 +742,7 @@ describe("a second reconcile", () => {
 
   it("sees a removed sidecar and puts it back", () => {
     const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
-    const world = applyOutput(world0, reconcile(world0));
+    const world = settle(world0);
     const stripped = structuredClone(world.deployments);
     const pod = stripped[0]?.spec?.template.spec;
     if (pod) pod.initContainers = [];
@@ -646,7 +752,7 @@ describe("a second reconcile", () => {
 
   it("sees a sidecar edited by hand under an unchanged hash, and writes it back", () => {
     const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
-    const world = applyOutput(world0, reconcile(world0));
+    const world = settle(world0);
     const edits: ((c: V1Container) => void)[] = [
       (c) => {
         c.image = "registry.example/not-portcullis:latest";
@@ -672,7 +778,8 @@ describe("a second reconcile", () => {
       const out = reconcile({ ...world, deployments: edited });
       expect(out.deployments[0]?.upToDate).toBe(false);
       // Applied again, the sidecar is the operator's once more.
-      expect(applyOutput({ ...world, deployments: edited }, out).deployments).toEqual(world.deployments);
+      const template = (w: World) => w.deployments.map((d) => d.spec?.template);
+      expect(template(applyOutput({ ...world, deployments: edited }, out))).toEqual(template(world));
     }
     // What the API server adds to a container (defaults) is not an edit.
     const defaulted = structuredClone(world.deployments);
@@ -687,7 +794,7 @@ describe("a second reconcile", () => {
 
 describe("rule changes and sidecar settings", () => {
   const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
-  const world = applyOutput(world0, reconcile(world0));
+  const world = settle(world0);
 
   it("a rule change updates the ConfigMap and leaves the pod template alone", () => {
     const changed = policy("orders-api", {
@@ -774,7 +881,8 @@ describe("two policies selecting one Deployment", () => {
   it("the older by creationTimestamp keeps it; the newer reports Conflict and applies nothing", () => {
     const win = desired(input({ policy: older, policiesInNamespace: both }), CONFIG);
     expect(win.deployments.map((d) => d.name)).toEqual(["orders-api"]);
-    expect(win.status.targets?.[0]?.state).toBe("Protected");
+    // Protected once the sidecar has rolled out; until then Pending, never Conflict.
+    expect(win.status.targets?.[0]?.state).toBe("Pending");
     expect(win.status.conditions?.find((c) => c.type === "Conflict")?.status).toBe("False");
 
     const lose = desired(input({ policy: newer, policiesInNamespace: both }), CONFIG);
@@ -819,10 +927,9 @@ describe("two policies selecting one Deployment", () => {
 
   it("hands the Deployment over when the older one is being deleted", () => {
     const deletingOlder = policy("zeta", { created: "2025-01-01T00:00:00Z", deleting: true });
-    let world: World = { policy: older, deployments: [deployment()], services: [service()] };
-    world = applyOutput(
-      world,
-      desired(input({ ...world, policy: older, policiesInNamespace: both }), CONFIG),
+    const world = settle(
+      { policy: older, deployments: [deployment()], services: [service()] },
+      { policiesInNamespace: both },
     );
 
     const takeover = desired(
@@ -857,7 +964,17 @@ describe("two policies selecting one Deployment", () => {
       created: "2025-02-01T00:00:00Z",
       spec: { selector: { matchLabels: { part: "api" } } },
     });
-    const world = { deployments: [web, api], services: [shared], policiesInNamespace: [first, second] };
+    const policiesInNamespace = [first, second];
+    // Both sidecars added and rolled out, the Service not yet pointed anywhere.
+    const withSidecars = [first, second].reduce(
+      (deployments, p) =>
+        applyOutput(
+          { policy: p, deployments, services: [shared] },
+          desired(input({ policy: p, policiesInNamespace, deployments, services: [shared] }), CONFIG),
+        ).deployments,
+      [web, api],
+    );
+    const world = { deployments: withSidecars, services: [shared], policiesInNamespace };
     const a = desired(input({ ...world, policy: first }), CONFIG);
     const b = desired(input({ ...world, policy: second }), CONFIG);
     expect(a.services.map((s) => s.name)).toEqual(["shop"]);
@@ -871,7 +988,7 @@ describe("two policies selecting one Deployment", () => {
     const out = desired(input({ policy: newer, policiesInNamespace: [older] }), CONFIG);
     expect(out.status.targets?.[0]?.state).toBe("Conflict");
     const alone = desired(input({ policy: older, policiesInNamespace: [] }), CONFIG);
-    expect(alone.status.targets?.[0]?.state).toBe("Protected");
+    expect(alone.status.targets?.[0]?.state).toBe("Pending");
   });
 
   it("names the policies a Deployment event concerns", () => {
@@ -899,7 +1016,7 @@ describe("an invalid policy", () => {
       deployments: [deployment()],
       services: [service()],
     };
-    const world = applyOutput(world0, reconcile(world0));
+    const world = settle(world0);
     const out = reconcile({ ...world, policy: { ...invalid, status: world.policy.status } });
     const accepted = out.status.conditions?.find((c) => c.type === "Accepted");
     expect(accepted).toMatchObject({ status: "False", reason: "Invalid", observedGeneration: 2 });
@@ -939,7 +1056,7 @@ describe("an invalid policy", () => {
 
   it("does not release a Deployment that left its selector while invalid", () => {
     const world0: World = { policy: policy(), deployments: [deployment()], services: [service()] };
-    const world = applyOutput(world0, reconcile(world0));
+    const world = settle(world0);
     const left = world.deployments.map((d) => {
       const copy = structuredClone(d);
       if (copy.spec?.template.metadata) copy.spec.template.metadata.labels = { app: "elsewhere" };
@@ -967,7 +1084,7 @@ describe("release", () => {
     deployments: [deployment(), deployment("billing", { app: "billing" })],
     services: [service()],
   };
-  const protectedWorld = applyOutput(world0, reconcile(world0));
+  const protectedWorld = settle(world0);
 
   it("on deletion gives back every Deployment and Service carrying the policy's annotation", () => {
     const deleting = {
@@ -1007,7 +1124,7 @@ describe("release", () => {
 
     // After the applies the objects are as they were before the policy, and nothing is left to do.
     const restored = applyOutput({ ...protectedWorld, policy: deleting }, out);
-    expect(restored.deployments[0]).toEqual(world0.deployments[0]);
+    expect(specOf(restored.deployments[0])).toEqual(specOf(world0.deployments[0]));
     expect(restored.services).toEqual(world0.services);
     const done = reconcile({
       ...restored,
@@ -1037,7 +1154,7 @@ describe("release", () => {
     expect(orphans.events.map((e) => [e.reason, e.regarding.name])).toEqual([["Removed", "orders-api"]]);
     // Applied, the user's objects are as before the policy; a second pass finds nothing to do.
     const restored = applyOutput(protectedWorld, { ...reconcile(protectedWorld), ...orphans });
-    expect(restored.deployments[0]).toEqual(world0.deployments[0]);
+    expect(specOf(restored.deployments[0])).toEqual(specOf(world0.deployments[0]));
     expect(restored.services).toEqual(world0.services);
     const again = releaseOrphans(NS, "orders-api", restored.deployments, restored.services);
     expect([again.deployments, again.services, again.events]).toEqual([[], [], []]);
@@ -1074,7 +1191,8 @@ describe("release", () => {
 describe("status", () => {
   it("is Ready with observedGeneration, targets and protectedTargets", () => {
     const p = policy("orders-api", { generation: 4 });
-    const out = desired(input({ policy: p, policiesInNamespace: [p] }), CONFIG);
+    // The sidecar added, rolled out, the Service pointed at it.
+    const out = reconcile(settle({ policy: p, deployments: [deployment()], services: [service()] }));
     expect(out.status.observedGeneration).toBe(4);
     expect(out.status.protectedTargets).toBe(1);
     expect(out.status.targets).toEqual([
@@ -1101,7 +1219,8 @@ describe("status", () => {
   });
 
   it("keeps lastTransitionTime while a condition's status holds, moves it when it changes", () => {
-    const first = desired(input(), CONFIG);
+    const first = reconcile(settle({ policy: policy(), deployments: [deployment()], services: [service()] }));
+    expect(first.status.conditions?.find((c) => c.type === "Ready")?.status).toBe("True");
     const served = { ...policy(), status: first.status };
     // Ready stays False while the reason changes (apply failure, then a missing port).
     const failing = desired(

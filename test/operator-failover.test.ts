@@ -28,16 +28,20 @@ import {
   startTestOperator,
   type TestOperator,
 } from "./support/operator.ts";
+import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const LEASE_NAMESPACE = "portcullis-system";
 
 let cp: ControlPlane;
 let client: KubeClient;
+let rollouts: RolloutStandIn;
 const replicas: TestOperator[] = [];
 
 beforeAll(async () => {
   cp = await startControlPlane();
   client = adminClient(cp.kubeConfig);
+  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
+  rollouts = startRolloutStandIn(client);
   await installCrd(client);
   await createNamespace(client, LEASE_NAMESPACE);
   for (const identity of ["replica-a", "replica-b"]) {
@@ -52,6 +56,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(replicas.map((r) => r.operator.stop()));
+  await rollouts?.stop();
   await client?.close();
   await cp?.stop();
 });

@@ -24,17 +24,21 @@ import {
   type TestOperator,
   userVisible,
 } from "./support/operator.ts";
+import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const SYSTEM_NAMESPACE = "portcullis-system";
 const SERVICE_ACCOUNT = "portcullis-operator";
 
 let cp: ControlPlane;
 let client: KubeClient;
+let rollouts: RolloutStandIn;
 let running: TestOperator;
 
 beforeAll(async () => {
   cp = await startControlPlane();
   client = adminClient(cp.kubeConfig);
+  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
+  rollouts = startRolloutStandIn(client);
   await installCrd(client);
   await createNamespace(client, SYSTEM_NAMESPACE);
   await client.request("POST", `/api/v1/namespaces/${SYSTEM_NAMESPACE}/serviceaccounts`, {
@@ -67,6 +71,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await running?.operator.stop();
+  await rollouts?.stop();
   await client?.close();
   await cp?.stop();
 });

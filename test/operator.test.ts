@@ -35,6 +35,7 @@ import {
   type TestOperator,
   userVisible,
 } from "./support/operator.ts";
+import { finishRollout, type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 interface Container {
   name: string;
@@ -54,11 +55,16 @@ type Service = KubeObject & { spec: { ports: { port: number; targetPort?: number
 
 let cp: ControlPlane;
 let client: KubeClient;
+let rollouts: RolloutStandIn;
 let running: TestOperator;
 
 beforeAll(async () => {
   cp = await startControlPlane();
   client = adminClient(cp.kubeConfig);
+  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
+  // Held: "rollout" finishes its own; "invalid" proves the operator writes nothing there (no status
+  // writes by the stand-in either).
+  rollouts = startRolloutStandIn(client, ["rollout", "invalid"]);
   await installCrd(client);
   await createNamespace(client, "portcullis-system");
   running = await startTestOperator(
@@ -73,6 +79,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await running?.operator.stop();
+  await rollouts?.stop();
   await client?.close();
   await cp?.stop();
 });
@@ -274,6 +281,27 @@ describe("the example policy on the example app", () => {
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeUndefined();
     const events = await eventsIn(ns);
     expect(events.some((e) => e.reason === "Removed")).toBe(true);
+  });
+});
+
+describe("a Service in front of a Deployment still rolling the sidecar out", () => {
+  const ns = "rollout";
+
+  it("keeps its target until every pod has the sidecar, then points at it", async () => {
+    const original = await exampleApp(ns);
+    await create(client, examplePolicy(ns));
+    const pending = await policyWhen(client, ns, "orders-api", "waiting for the rollout", (p) =>
+      (p.status?.targets ?? []).some((t) => t.state === "Pending" && /rolling out/.test(t.message ?? "")),
+    );
+    expect(condition(pending, "Ready")?.status).toBe("False");
+    expect(sidecarOf(await getDeployment(ns))).toBeDefined();
+    // Pods without the sidecar would drop out of a Service pointed at its named port: not yet.
+    expect(userVisible(await getService(ns))).toEqual(userVisible(original.service));
+
+    await finishRollout(client, ns, "orders-api");
+    await policyWhen(client, ns, "orders-api", "Ready", isReady);
+    expect((await getService(ns)).spec.ports[0]?.targetPort).toBe(LISTENER_PORT_NAME);
+    rollouts.release(ns);
   });
 });
 

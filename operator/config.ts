@@ -59,6 +59,11 @@ export interface OperatorConfig {
   drainMarginSeconds: number;
   /** PORTCULLIS_REDIS_URL of the sidecar: where `store: redis` rate limits are shared. Unset: not passed. */
   sidecarRedisUrl?: string;
+  /**
+   * The same URL from a Secret in each app namespace (it may hold a password, which then never
+   * appears in a pod spec). Optional: a namespace without it runs its sidecars on local buckets.
+   */
+  sidecarRedisUrlSecret?: { name: string; key: string };
   /** Namespaces to watch; empty: all. */
   namespaces: string[];
   /** /healthz, /readyz, /metrics of the operator. */
@@ -100,6 +105,9 @@ export const USAGE = `usage: portcullis-operator [options]
   --drain-margin-seconds <n>     drain = grace period - n (default ${DEFAULT_DRAIN_MARGIN_SECONDS})       env PORTCULLIS_DRAIN_MARGIN_SECONDS
   --sidecar-redis-url <url>      redis[s]://host:port for store: redis rate limits (default none)
                                                                              env PORTCULLIS_SIDECAR_REDIS_URL
+  --sidecar-redis-url-secret <secret>/<key>
+                                 the same URL from a Secret in each app namespace (default none)
+                                                                             env PORTCULLIS_SIDECAR_REDIS_URL_SECRET
   --namespaces <list>            namespaces to watch, comma-separated (default all)
                                                                              env PORTCULLIS_NAMESPACES
   --admin <host:port>            /healthz /readyz /metrics (default 0.0.0.0:8081) env PORTCULLIS_ADMIN
@@ -126,6 +134,7 @@ const OPTIONS = {
   "sidecar-log-level": "PORTCULLIS_SIDECAR_LOG_LEVEL",
   "drain-margin-seconds": "PORTCULLIS_DRAIN_MARGIN_SECONDS",
   "sidecar-redis-url": "PORTCULLIS_SIDECAR_REDIS_URL",
+  "sidecar-redis-url-secret": "PORTCULLIS_SIDECAR_REDIS_URL_SECRET",
   namespaces: "PORTCULLIS_NAMESPACES",
   admin: "PORTCULLIS_ADMIN",
   "leader-elect": "PORTCULLIS_LEADER_ELECT",
@@ -141,6 +150,8 @@ type OptionName = keyof typeof OPTIONS;
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+/** A Secret's data key (Kubernetes' IsConfigMapKey). */
+const SECRET_KEY = /^[-._a-zA-Z0-9]{1,253}$/;
 const QUANTITY = /^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$/;
 const RESOURCE_NAME = /^([a-z0-9.-]+\/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$/;
 
@@ -248,6 +259,20 @@ export function readOperatorConfig(
       return fail("sidecar-redis-url", "expected redis://<host>:<port>[/<db>] or rediss://...");
     }
     config.sidecarRedisUrl = redisUrl;
+  }
+  const redisSecret = raw("sidecar-redis-url-secret");
+  if (redisSecret !== undefined) {
+    const [name = "", key = "", ...rest] = redisSecret.split("/");
+    if (rest.length > 0 || !DNS_SUBDOMAIN.test(name) || !SECRET_KEY.test(key)) {
+      return fail("sidecar-redis-url-secret", `expected <secret>/<key>, got ${quote(redisSecret)}`);
+    }
+    if (redisUrl !== undefined) {
+      return fail(
+        "sidecar-redis-url-secret",
+        "give --sidecar-redis-url or --sidecar-redis-url-secret, not both",
+      );
+    }
+    config.sidecarRedisUrlSecret = { name, key };
   }
 
   const namespaces = raw("namespaces");

@@ -2,7 +2,7 @@
 // which settings a pod runs with. Pure: same inputs, same objects, same key order.
 
 import { createHash } from "node:crypto";
-import type { V1Container, V1PodSpec, V1Volume } from "@kubernetes/client-node";
+import type { V1Container, V1EnvVar, V1PodSpec, V1Volume } from "@kubernetes/client-node";
 import type { AccessPolicySpec } from "../policy/schema.ts";
 import {
   ADMIN_PORT_NAME,
@@ -77,6 +77,20 @@ export function portClashes(pod: V1PodSpec | undefined, spec: AccessPolicySpec):
     .flatMap((c) => (c.ports ?? []).map((p) => ({ container: c.name, port: p.containerPort })))
     .filter((p) => ours.has(p.port))
     .map((p) => `port ${p.port} is already declared by container ${JSON.stringify(p.container)}`);
+}
+
+/** PORTCULLIS_REDIS_URL as a value, from a Secret (optional: missing, the sidecar counts locally), or none. */
+function redisUrlEnv(config: OperatorConfig): V1EnvVar[] {
+  if (config.sidecarRedisUrl !== undefined)
+    return [{ name: "PORTCULLIS_REDIS_URL", value: config.sidecarRedisUrl }];
+  const secret = config.sidecarRedisUrlSecret;
+  if (secret === undefined) return [];
+  return [
+    {
+      name: "PORTCULLIS_REDIS_URL",
+      valueFrom: { secretKeyRef: { name: secret.name, key: secret.key, optional: true } },
+    },
+  ];
 }
 
 /** Seconds the sidecar drains after SIGTERM: inside the grace period by the margin, never negative. */
@@ -172,9 +186,7 @@ export function sidecarContainer(
       { name: "NODE_OPTIONS", value: sidecarNodeOptions(resources.limits?.memory) },
       { name: "PORTCULLIS_DRAIN_SECONDS", value: String(settings.drainSeconds) },
       { name: "PORTCULLIS_LOG_LEVEL", value: spec.sidecar.logLevel ?? config.sidecarLogLevel },
-      ...(config.sidecarRedisUrl === undefined
-        ? []
-        : [{ name: "PORTCULLIS_REDIS_URL", value: config.sidecarRedisUrl }]),
+      ...redisUrlEnv(config),
     ],
     ports: [
       { name: LISTENER_PORT_NAME, containerPort: spec.listener.port, protocol: "TCP" },

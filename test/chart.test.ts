@@ -92,6 +92,30 @@ describe("the Helm chart", () => {
     );
     expect(notRedis.code).not.toBe(0);
     expect(notRedis.stderr).toMatch(/redisUrl/);
+    const notSecretRef = await helm(
+      "template",
+      "portcullis",
+      chart,
+      "--set",
+      "sidecar.redisUrlSecret=no-key",
+    );
+    expect(notSecretRef.code).not.toBe(0);
+    expect(notSecretRef.stderr).toMatch(/redisUrlSecret/);
+  });
+
+  it("passes a Redis URL Secret reference to the operator, which the operator accepts", async () => {
+    const objects = await render("--set", "sidecar.redisUrlSecret=rate-limits/url");
+    const deployment = objects.find((o) => o.kind === "Deployment") as V1Deployment;
+    const env = Object.fromEntries(
+      (deployment.spec?.template.spec?.containers[0]?.env ?? []).map((e) => [
+        e.name,
+        e.value ?? "from-field",
+      ]),
+    );
+    expect(env).not.toHaveProperty("PORTCULLIS_SIDECAR_REDIS_URL");
+    expect(readOperatorConfig([], env)).toMatchObject({
+      sidecarRedisUrlSecret: { name: "rate-limits", key: "url" },
+    });
   });
 
   it("renders objects the API server accepts (server-side apply, dry run)", async () => {

@@ -457,6 +457,34 @@ describe("the sidecar on a selected Deployment", () => {
     }
   });
 
+  it("takes PORTCULLIS_REDIS_URL from a Secret when asked to, optional so a namespace without it still starts", () => {
+    const fromSecret = operatorConfig([
+      "--identity",
+      "test",
+      "--sidecar-redis-url-secret",
+      "rate-limits/url",
+    ]);
+    const c = sidecarOf(desired(input(), fromSecret));
+    expect(c.env?.find((e) => e.name === "PORTCULLIS_REDIS_URL")).toEqual({
+      name: "PORTCULLIS_REDIS_URL",
+      valueFrom: { secretKeyRef: { name: "rate-limits", key: "url", optional: true } },
+    });
+    expect(JSON.stringify(c)).not.toContain("redis://");
+    expect(
+      readOperatorConfig([], { PORTCULLIS_SIDECAR_REDIS_URL_SECRET: "shared.redis/redis-url" }),
+    ).toMatchObject({
+      sidecarRedisUrlSecret: { name: "shared.redis", key: "redis-url" },
+    });
+    for (const bad of ["rate-limits", "rate-limits/", "/url", "a/b/c", "Rate_Limits/url"]) {
+      expect(readOperatorConfig(["--sidecar-redis-url-secret", bad], {})).toHaveProperty("error");
+    }
+    const both = readOperatorConfig(
+      ["--sidecar-redis-url", "redis://r:6379", "--sidecar-redis-url-secret", "rate-limits/url"],
+      {},
+    );
+    expect(both).toMatchObject({ error: expect.stringContaining("not both") });
+  });
+
   it("never puts an ownerReference on the Deployment", () => {
     expect(JSON.stringify(out.deployments)).not.toContain("ownerReferences");
   });

@@ -65,6 +65,8 @@ export class Reconciler {
   readonly #serverVersion: ServerVersion;
   readonly #log: ReconcileLog | undefined;
   readonly #now: () => Date;
+  /** Policies whose release this replica completed: their deletion needs no orphan pass. */
+  readonly #releasedByFinalizer = new Set<string>();
 
   constructor(options: ReconcilerOptions) {
     this.#client = options.client;
@@ -80,8 +82,10 @@ export class Reconciler {
     const { namespace, name } = splitKey(key);
     const policy = this.#caches.policies.get(namespace, name) as AccessPolicy | undefined;
     if (policy === undefined) {
-      // Gone. After its finalizer ran nothing is marked as its own; if the finalizer was removed by
-      // hand, what is still marked is given back now.
+      // Gone. After its finalizer ran nothing is marked as its own (the cache may not show that yet:
+      // releasing again would only repeat the Removed events); if the finalizer was removed by hand,
+      // what is still marked is given back now.
+      if (this.#releasedByFinalizer.delete(key)) return;
       const orphans = releaseOrphans(
         namespace,
         name,
@@ -188,6 +192,8 @@ export class Reconciler {
     if (out.finalizer === "remove" && policy !== undefined) {
       try {
         await this.#applier.setFinalizer(policy, FINALIZER, false);
+        // The queue runs one reconcile per key at a time: the deletion's comes after this one.
+        this.#releasedByFinalizer.add(policyKey(namespace, policy.metadata?.name ?? ""));
       } catch (error) {
         if (!isApiError(error, 404)) throw error;
       }

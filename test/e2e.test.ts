@@ -2,7 +2,7 @@
 // API server holds, and that pod (its containers run as local processes, see support/pod.ts) serves
 // real tokens from a real IdP to the real FastAPI app through the port the Service now targets.
 
-import type { V1ConfigMap, V1Deployment, V1Service } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Deployment, V1Secret, V1Service } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
@@ -27,6 +27,7 @@ import {
   userVisible,
 } from "./support/operator.ts";
 import { exampleImages, type LocalPod, runPod } from "./support/pod.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
 import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const ns = "shop";
@@ -38,6 +39,7 @@ let rollouts: RolloutStandIn;
 let idp: IdentityProvider;
 let operator: TestOperator;
 let pod: LocalPod | undefined;
+let redis: RedisServer | undefined;
 let before: { deployment: unknown; service: unknown };
 
 async function call(
@@ -60,7 +62,17 @@ async function startPodFromApiServer(): Promise<LocalPod> {
     const cmName = volume.configMap?.name;
     if (cmName) configMaps.set(cmName, await client.get<V1ConfigMap>(PATHS.configMap(ns, cmName)));
   }
-  const started = await runPod({ deployment, configMaps, images: await exampleImages() });
+  const secrets = new Map<string, V1Secret>();
+  for (const container of deployment.spec?.template.spec?.initContainers ?? []) {
+    for (const variable of container.env ?? []) {
+      const ref = variable.valueFrom?.secretKeyRef;
+      const secret = ref?.name
+        ? await getOrUndefined<V1Secret>(client, PATHS.secret(ns, ref.name))
+        : undefined;
+      if (ref?.name && secret) secrets.set(ref.name, secret);
+    }
+  }
+  const started = await runPod({ deployment, configMaps, secrets, images: await exampleImages() });
   // The kubelet's readiness probe, as the Deployment declares it: the pod takes Service traffic after it.
   const sidecar = deployment.spec?.template.spec?.initContainers?.find((c) => c.name === "portcullis");
   const probe = sidecar?.readinessProbe?.httpGet;
@@ -97,11 +109,20 @@ beforeAll(async () => {
     deployment: userVisible(await client.get(PATHS.deployment(ns, name))),
     service: userVisible(await client.get(PATHS.service(ns, name))),
   };
+  // Shared rate limits: the sidecar's Redis URL from a Secret in the app's namespace.
+  redis = await startRedis();
+  await create(client, {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { name: "rate-limits", namespace: ns },
+    stringData: { url: redis.url },
+  });
   await createNamespace(client, "portcullis-system");
   operator = await startTestOperator(
     cp.kubeConfig,
     operatorConfig((c) => {
       c.leaderElection.leaseNamespace = "portcullis-system";
+      c.sidecarRedisUrlSecret = { name: "rate-limits", key: "url" };
     }),
   );
   const policy = examplePolicy(ns, name);
@@ -118,6 +139,7 @@ afterAll(async () => {
   await pod?.stop();
   await operator?.operator.stop();
   await idp?.stop();
+  await redis?.remove();
   await rollouts?.stop();
   await client?.close();
   await cp?.stop();
@@ -139,6 +161,16 @@ describe("end to end: operator, sidecar and app on a real control plane", () => 
     expect((await call(port, "/internal/x", { token: admin })).status).toBe(403);
     expect((await call(port, "/orders/1", { method: "DELETE", token: admin })).status).toBe(200);
     expect((await call(port, "/healthz")).status).toBe(200);
+  });
+
+  it("gives the sidecar its Redis URL from the Secret the operator references, never in the pod spec", async () => {
+    const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
+    expect(JSON.stringify(deployment)).not.toContain(redis?.url);
+    const sidecarLog = () => pod?.processes.get("portcullis")?.logTail(400) ?? "";
+    await eventually("the sidecar uses Redis", async () =>
+      sidecarLog().includes("store: redis rate limits share buckets in Redis"),
+    );
+    expect(sidecarLog()).toContain(`127.0.0.1:${redis?.port}`);
   });
 
   it("delivers a rule change to the running sidecar through the ConfigMap, without a rollout", async () => {

@@ -69,6 +69,7 @@ export const PATHS = {
   deployment: (ns: string, name?: string) => resourcePath("apps/v1", "deployments", ns, name),
   service: (ns: string, name?: string) => resourcePath("v1", "services", ns, name),
   configMap: (ns: string, name?: string) => resourcePath("v1", "configmaps", ns, name),
+  secret: (ns: string, name?: string) => resourcePath("v1", "secrets", ns, name),
   events: (ns: string) => resourcePath("v1", "events", ns),
 };
 
@@ -106,7 +107,9 @@ export async function createNamespace(client: KubeClient, name: string): Promise
 
 export async function create<T extends KubeObject>(client: KubeClient, object: KubeObject): Promise<T> {
   const { apiVersion, kind, metadata } = object;
-  const plural = { Deployment: "deployments", Service: "services", AccessPolicy: PLURAL }[kind ?? ""];
+  const plural = { Deployment: "deployments", Service: "services", Secret: "secrets", AccessPolicy: PLURAL }[
+    kind ?? ""
+  ];
   if (!apiVersion || !plural) throw new Error(`create(): unsupported ${kind}`);
   return client.request<T>("POST", resourcePath(apiVersion, plural, metadata?.namespace), { body: object });
 }

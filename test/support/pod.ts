@@ -8,7 +8,7 @@
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { V1ConfigMap, V1Container, V1Deployment } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Container, V1Deployment, V1EnvVar, V1Secret } from "@kubernetes/client-node";
 import { ensureVenv } from "../../examples/fastapi/venv.ts";
 import { freePort } from "../../examples/free-port.ts";
 import { type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
@@ -55,6 +55,8 @@ export interface LocalPod {
 export interface RunPodOptions {
   deployment: V1Deployment;
   configMaps: ReadonlyMap<string, V1ConfigMap>;
+  /** Secrets of the pod's namespace by name, for env valueFrom.secretKeyRef (as the kubelet reads them). */
+  secrets?: ReadonlyMap<string, V1Secret>;
   /** Maps a container's image to the local command that stands in for it. */
   images: (container: V1Container) => { command: string; args: string[]; cwd?: string };
 }
@@ -134,8 +136,10 @@ export async function runPod(options: RunPodOptions): Promise<LocalPod> {
     for (const container of containers) {
       const { command, args, cwd } = options.images(container);
       const env: Record<string, string> = { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/" };
-      for (const variable of container.env ?? [])
-        if (variable.value !== undefined) env[variable.name] = variable.value;
+      for (const variable of container.env ?? []) {
+        const value = variable.value ?? secretValue(options.secrets, variable);
+        if (value !== undefined) env[variable.name] = value;
+      }
       const child = startSupervisedProcess(
         container.name,
         command,
@@ -150,4 +154,21 @@ export async function runPod(options: RunPodOptions): Promise<LocalPod> {
     throw error;
   }
   return pod;
+}
+
+/** env valueFrom.secretKeyRef as the kubelet resolves it: a missing optional Secret or key sets nothing. */
+function secretValue(
+  secrets: ReadonlyMap<string, V1Secret> | undefined,
+  variable: V1EnvVar,
+): string | undefined {
+  const ref = variable.valueFrom?.secretKeyRef;
+  if (ref === undefined) return undefined;
+  const data = secrets?.get(ref.name ?? "")?.data?.[ref.key];
+  if (data === undefined) {
+    if (ref.optional) return undefined;
+    throw new Error(
+      `secret ${ref.name}/${ref.key} for ${variable.name} is missing (the kubelet would not start the pod)`,
+    );
+  }
+  return Buffer.from(data, "base64").toString("utf8");
 }

@@ -1,11 +1,12 @@
 // The running operator: informers warm on every replica, leader election, and a work queue that only
 // the leader runs (a fresh one per leadership term). main.ts wires it to flags and signals; tests
 // start it in-process, several at once against one cluster.
-import type { KubeConfig } from "@kubernetes/client-node";
+import type { KubeConfig, V1Deployment } from "@kubernetes/client-node";
 import { API_VERSION, KIND, PLURAL } from "../policy/schema.ts";
 import { type AdminServer, startAdminServer } from "./admin.ts";
 import { Applier } from "./apply.ts";
 import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, type OperatorConfig } from "./config.ts";
+import { carriedPolicy } from "./desired.ts";
 import { type ApiCall, KubeClient, type KubeObject } from "./kube-client.ts";
 import { LeaderElector } from "./leader.ts";
 import { createOperatorMetrics, type OperatorMetrics } from "./metrics.ts";
@@ -107,9 +108,17 @@ export async function startOperator(options: StartOperatorOptions): Promise<Runn
   // --- one queue per leadership term --------------------------------------------------------------
   let term = 0;
   const enqueueAll = () => {
+    const keys = new Set<string>();
     for (const policy of caches.policies.list()) {
-      queue?.add(policyKey(policy.metadata?.namespace ?? "", policy.metadata?.name ?? ""));
+      keys.add(policyKey(policy.metadata?.namespace ?? "", policy.metadata?.name ?? ""));
     }
+    // And policies that are gone but still mark objects (deleted, finalizer stripped, while no
+    // operator ran): their reconcile gives those objects back.
+    for (const object of [...caches.deployments.list(), ...caches.services.list()]) {
+      const marked = carriedPolicy(object as V1Deployment);
+      if (marked !== undefined) keys.add(policyKey(object.metadata?.namespace ?? "", marked));
+    }
+    for (const key of keys) queue?.add(key);
   };
   const startLeading = () => {
     term += 1;

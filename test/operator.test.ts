@@ -466,6 +466,44 @@ describe("an invalid policy", () => {
   });
 });
 
+describe("a policy deleted, finalizer stripped, while no operator ran", () => {
+  const ns = "offline";
+
+  it("has its Deployment and Service restored by the next operator that starts", async () => {
+    const original = await exampleApp(ns);
+    await create(client, examplePolicy(ns));
+    await policyWhen(client, ns, "orders-api", "Ready", isReady);
+
+    await running.operator.stop();
+    await mergePatch(client, PATHS.policy(ns, "orders-api"), { metadata: { finalizers: null } });
+    await client.request("DELETE", PATHS.policy(ns, "orders-api"));
+    expect(await getOrUndefined(client, PATHS.policy(ns, "orders-api"))).toBeUndefined();
+    expect(sidecarOf(await getDeployment(ns))).toBeDefined();
+
+    // Its informers list the Deployment marked by a policy that no longer exists: that is a key too.
+    running = await startTestOperator(
+      cp.kubeConfig,
+      operatorConfig((c) => {
+        c.leaderElection.leaseNamespace = "portcullis-system";
+        c.leaderElection.identity = "operator-after-restart";
+      }),
+      { serveAdmin: true },
+    );
+    await eventually(
+      "the Deployment is restored",
+      async () =>
+        JSON.stringify(userVisible(await getDeployment(ns))) ===
+        JSON.stringify(userVisible(original.deployment)),
+      30_000,
+    );
+    await eventually(
+      "the Service is restored",
+      async () =>
+        JSON.stringify(userVisible(await getService(ns))) === JSON.stringify(userVisible(original.service)),
+    );
+  });
+});
+
 describe("the admin endpoints", () => {
   it("serve health, readiness and the operator's metrics", async () => {
     const base = `http://127.0.0.1:${running.operator.admin?.port}`;

@@ -81,7 +81,7 @@ export class LineBatch implements pino.DestinationStream {
     this.#sink.write(full);
   }
 
-  /** pino's logger.flush(cb): everything pending reaches the file descriptor, then cb. */
+  /** pino's logger.flush(cb): everything pending is written, then cb. */
   flush(callback: (error?: Error) => void): void {
     this.#push();
     this.#sink.flush(callback);
@@ -111,15 +111,8 @@ export class LineBatch implements pino.DestinationStream {
  * as nginx's access log does, and the sidecar's memory stays flat.
  */
 export function batchedDestination(fd: number): LineBatch {
-  // minLength 1, not 0: only with a minLength does sonic-boom's flush(cb) wait for the write (the
-  // drain before exit depends on it). maxWrite: one batch, one write.
-  const sink = pino.destination({
-    dest: fd,
-    sync: true,
-    minLength: 1,
-    maxWrite: BUFFER_BYTES,
-    contentMode: "buffer",
-  });
+  // maxWrite: one batch, one write.
+  const sink = pino.destination({ dest: fd, sync: true, maxWrite: BUFFER_BYTES, contentMode: "buffer" });
   // A closed stdout (EPIPE) must not become an uncaught exception that is then logged to stdout.
   sink.on("error", () => undefined);
   const batch = new LineBatch(sink as unknown as BufferSink);

@@ -232,10 +232,8 @@ export class Reconciler {
         if (event === "update" && old !== undefined && !workloadChanged(old, object)) return [];
         const policies = this.#policiesIn(namespace) as unknown as AccessPolicy[];
         const names = new Set(policiesForDeployment(object as V1Deployment, policies));
+        // policiesForDeployment includes the policy it is marked by, even one that no longer exists.
         if (old) for (const n of policiesForDeployment(old as V1Deployment, policies)) names.add(n);
-        // The policy it is marked by, even one that no longer exists (its orphans are released).
-        const marked = carriedPolicy(object as V1Deployment);
-        if (marked !== undefined) names.add(marked);
         return [...names].map((n) => policyKey(namespace, n));
       }
       case "services": {

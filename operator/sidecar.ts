@@ -101,7 +101,7 @@ export function drainSeconds(graceSeconds: number | undefined, marginSeconds: nu
 
 /**
  * V8's young generation, per semi-space. Node's default (16 MiB) let the proxy's private memory reach
- * ~180 MiB under load; 4 MiB held it near 80 MiB for ~2-3 us more GC per request (bench/README.md).
+ * ~180 MiB under load; 4 MiB held it near 80 MiB for ~3-6 us more GC per request (bench/README.md).
  */
 export const SIDECAR_SEMI_SPACE_MIB = 4;
 /** The old generation gets half the memory limit, never less than this (the proxy's live heap is ~20 MiB). */

@@ -7,35 +7,34 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
 import type { KubeClient } from "../operator/kube-client.ts";
-import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
+import type { ControlPlane } from "./support/controlplane.ts";
 import {
-  adminClient,
   create,
   createNamespace,
   eventually,
   examplePolicy,
   exampleWorkload,
   getOrUndefined,
-  installCrd,
   isReady,
   mergePatch,
   operatorConfig,
   PATHS,
   type ServedPolicy,
+  startTestCluster,
   startTestOperator,
+  type TestCluster,
   type TestOperator,
   userVisible,
 } from "./support/operator.ts";
 import { exampleImages, type LocalPod, runPod } from "./support/pod.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
-import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const ns = "shop";
 const name = "orders-api";
 
 let cp: ControlPlane;
 let client: KubeClient;
-let rollouts: RolloutStandIn;
+let cluster: TestCluster;
 let idp: IdentityProvider;
 let operator: TestOperator;
 let pod: LocalPod | undefined;
@@ -95,11 +94,8 @@ async function servicePort(): Promise<number> {
 }
 
 beforeAll(async () => {
-  cp = await startControlPlane();
-  client = adminClient(cp.kubeConfig);
-  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
-  rollouts = startRolloutStandIn(client);
-  await installCrd(client);
+  cluster = await startTestCluster();
+  ({ cp, client } = cluster);
   await createNamespace(client, ns);
   idp = await startIdentityProvider();
   const { deployment, service } = exampleWorkload(ns, name);
@@ -140,9 +136,7 @@ afterAll(async () => {
   await operator?.operator.stop();
   await idp?.stop();
   await redis?.remove();
-  await rollouts?.stop();
-  await client?.close();
-  await cp?.stop();
+  await cluster?.stop();
 });
 
 describe("end to end: operator, sidecar and app on a real control plane", () => {

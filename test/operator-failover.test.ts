@@ -10,39 +10,35 @@ import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { KubeClient, KubeObject } from "../operator/kube-client.ts";
 import { resourcePath } from "../operator/kube-client.ts";
-import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
+import type { ControlPlane } from "./support/controlplane.ts";
 import {
-  adminClient,
   create,
   createNamespace,
   eventually,
   examplePolicy,
   exampleWorkload,
-  installCrd,
   isReady,
   mergePatch,
   operatorConfig,
   PATHS,
   policyWhen,
   type ServedPolicy,
+  startTestCluster,
   startTestOperator,
+  type TestCluster,
   type TestOperator,
 } from "./support/operator.ts";
-import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const LEASE_NAMESPACE = "portcullis-system";
 
 let cp: ControlPlane;
 let client: KubeClient;
-let rollouts: RolloutStandIn;
+let cluster: TestCluster;
 const replicas: TestOperator[] = [];
 
 beforeAll(async () => {
-  cp = await startControlPlane();
-  client = adminClient(cp.kubeConfig);
-  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
-  rollouts = startRolloutStandIn(client);
-  await installCrd(client);
+  cluster = await startTestCluster();
+  ({ cp, client } = cluster);
   await createNamespace(client, LEASE_NAMESPACE);
   for (const identity of ["replica-a", "replica-b"]) {
     const config = operatorConfig((c) => {
@@ -56,9 +52,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(replicas.map((r) => r.operator.stop()));
-  await rollouts?.stop();
-  await client?.close();
-  await cp?.stop();
+  await cluster?.stop();
 });
 
 async function protectExampleApp(namespace: string): Promise<void> {

@@ -5,41 +5,37 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { KubeClient } from "../operator/kube-client.ts";
 import { CLUSTER_ROLE_NAME, clusterRole } from "../operator/rbac.ts";
-import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
+import type { ControlPlane } from "./support/controlplane.ts";
 import {
-  adminClient,
   create,
   createNamespace,
   eventually,
   examplePolicy,
   exampleWorkload,
   getOrUndefined,
-  installCrd,
   isReady,
   operatorConfig,
   PATHS,
   policyWhen,
   type ServedPolicy,
+  startTestCluster,
   startTestOperator,
+  type TestCluster,
   type TestOperator,
   userVisible,
 } from "./support/operator.ts";
-import { type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
 
 const SYSTEM_NAMESPACE = "portcullis-system";
 const SERVICE_ACCOUNT = "portcullis-operator";
 
 let cp: ControlPlane;
 let client: KubeClient;
-let rollouts: RolloutStandIn;
+let cluster: TestCluster;
 let running: TestOperator;
 
 beforeAll(async () => {
-  cp = await startControlPlane();
-  client = adminClient(cp.kubeConfig);
-  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
-  rollouts = startRolloutStandIn(client);
-  await installCrd(client);
+  cluster = await startTestCluster();
+  ({ cp, client } = cluster);
   await createNamespace(client, SYSTEM_NAMESPACE);
   await client.request("POST", `/api/v1/namespaces/${SYSTEM_NAMESPACE}/serviceaccounts`, {
     body: { apiVersion: "v1", kind: "ServiceAccount", metadata: { name: SERVICE_ACCOUNT } },
@@ -71,9 +67,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await running?.operator.stop();
-  await rollouts?.stop();
-  await client?.close();
-  await cp?.stop();
+  await cluster?.stop();
 });
 
 describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {

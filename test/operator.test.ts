@@ -14,9 +14,8 @@ import {
 } from "../operator/config.ts";
 import { isApiError, type KubeClient, type KubeObject } from "../operator/kube-client.ts";
 import { validatePolicyText } from "../policy/validate.ts";
-import { type ControlPlane, startControlPlane } from "./support/controlplane.ts";
+import type { ControlPlane } from "./support/controlplane.ts";
 import {
-  adminClient,
   condition,
   create,
   createNamespace,
@@ -24,18 +23,19 @@ import {
   examplePolicy,
   exampleWorkload,
   getOrUndefined,
-  installCrd,
   isReady,
   mergePatch,
   operatorConfig,
   PATHS,
   policyWhen,
   type ServedPolicy,
+  startTestCluster,
   startTestOperator,
+  type TestCluster,
   type TestOperator,
   userVisible,
 } from "./support/operator.ts";
-import { finishRollout, type RolloutStandIn, startRolloutStandIn } from "./support/rollouts.ts";
+import { finishRollout } from "./support/rollouts.ts";
 
 interface Container {
   name: string;
@@ -55,17 +55,14 @@ type Service = KubeObject & { spec: { ports: { port: number; targetPort?: number
 
 let cp: ControlPlane;
 let client: KubeClient;
-let rollouts: RolloutStandIn;
+let cluster: TestCluster;
 let running: TestOperator;
 
 beforeAll(async () => {
-  cp = await startControlPlane();
-  client = adminClient(cp.kubeConfig);
-  // No kube-controller-manager here: rollouts are finished by a stand-in (test/support/rollouts.ts).
-  // Held: "rollout" finishes its own; "invalid" proves the operator writes nothing there (no status
-  // writes by the stand-in either).
-  rollouts = startRolloutStandIn(client, ["rollout", "invalid"]);
-  await installCrd(client);
+  // Rollouts held: "rollout" finishes its own; "invalid" proves the operator writes nothing there
+  // (no status writes by the stand-in either).
+  cluster = await startTestCluster({ holdRollouts: ["rollout", "invalid"] });
+  ({ cp, client } = cluster);
   await createNamespace(client, "portcullis-system");
   running = await startTestOperator(
     cp.kubeConfig,
@@ -79,9 +76,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await running?.operator.stop();
-  await rollouts?.stop();
-  await client?.close();
-  await cp?.stop();
+  await cluster?.stop();
 });
 
 /** Creates the example Deployment and Service in a new namespace; returns them as served. */
@@ -303,7 +298,7 @@ describe("a Service in front of a Deployment still rolling the sidecar out", () 
     await finishRollout(client, ns, "orders-api");
     await policyWhen(client, ns, "orders-api", "Ready", isReady);
     expect((await getService(ns)).spec.ports[0]?.targetPort).toBe(LISTENER_PORT_NAME);
-    rollouts.release(ns);
+    cluster.rollouts.release(ns);
   });
 });
 

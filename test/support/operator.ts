@@ -20,6 +20,8 @@ import {
   startOperator,
 } from "../../operator/operator.ts";
 import { API_VERSION, PLURAL } from "../../policy/schema.ts";
+import { type ControlPlane, startControlPlane } from "./controlplane.ts";
+import { type RolloutStandIn, startRolloutStandIn } from "./rollouts.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const readYaml = (path: string): unknown => parse(readFileSync(join(root, path), "utf8"));
@@ -270,4 +272,36 @@ export function userVisible(object: KubeObject | undefined): unknown {
     annotations: object?.metadata?.annotations,
     spec: object?.spec,
   };
+}
+
+/** What the operator's tests stand on: a control plane, an admin client, the CRD, finished rollouts. */
+export interface TestCluster {
+  cp: ControlPlane;
+  client: KubeClient;
+  rollouts: RolloutStandIn;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a control plane with the CRD installed. envtest has no kube-controller-manager: rollouts are
+ * finished by a stand-in (support/rollouts.ts), except in the `holdRollouts` namespaces.
+ */
+export async function startTestCluster(
+  options: { holdRollouts?: readonly string[] } = {},
+): Promise<TestCluster> {
+  const cp = await startControlPlane();
+  const client = adminClient(cp.kubeConfig);
+  const rollouts = startRolloutStandIn(client, options.holdRollouts);
+  const stop = async () => {
+    await rollouts.stop();
+    await client.close();
+    await cp.stop();
+  };
+  try {
+    await installCrd(client);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { cp, client, rollouts, stop };
 }

@@ -107,8 +107,8 @@ export class LineBatch implements pino.DestinationStream {
  * Lines to a file descriptor (stdout in the sidecar), batched, each batch written synchronously, as
  * pino's own default destination writes. Asynchronous writes (a hop to libuv's thread pool and back per
  * batch) were slower in an A/B run of the loaded proxy here (9.2k against 11.4k req/s), and buffer
- * without bound when the log reader stalls; a synchronous write makes a stalled reader slow the proxy down instead,
- * as nginx's access log does, and the sidecar's memory stays flat.
+ * without bound when the log reader stalls; a synchronous write makes a stalled reader slow the proxy
+ * down instead, as nginx's access log does, and the sidecar's memory stays flat.
  */
 export function batchedDestination(fd: number): LineBatch {
   // maxWrite: one batch, one write.

@@ -292,13 +292,12 @@ async function startSidecar(
   built: string,
   upstream: string,
   issuer: string,
-  workDir: string,
   nodeOptions: string,
 ): Promise<Child> {
   const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
   document.spec.authentication.issuers[0].issuer = issuer;
   const [port, admin] = [await freePort(), await freePort()];
-  const policyFile = `${workDir}/policy-${port}.yaml`;
+  const policyFile = `${built}/policy-${port}.yaml`;
   writeFileSync(policyFile, stringify(document));
   const child = spawn(
     process.execPath,
@@ -433,7 +432,7 @@ async function main(): Promise<void> {
     arg === "--sidecar-node-options" ? [process.argv[i + 1] ?? ""] : [],
   );
   for (const nodeOptions of [DEPLOYED_NODE_OPTIONS, ...variants]) {
-    servers.push(await startSidecar(built, upstreamUrl, idp.issuer, built, nodeOptions));
+    servers.push(await startSidecar(built, upstreamUrl, idp.issuer, nodeOptions));
   }
   try {
     // Warm-up: JIT (a few seconds matter on this machine), connection pools, the token cache.

@@ -164,13 +164,6 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     events: [],
   };
 
-  // Only objects this policy selects or has marked matter; sorting just those keeps it cheap.
-  const selector = policy.spec?.selector;
-  const deployments = byName(
-    input.deployments.filter(
-      (d) => carriedPolicy(d) === name || (!deleting && matchesSelector(selector, podLabels(d))),
-    ),
-  );
   const out: ReconcileOutput = {
     deployments: [],
     services: [],
@@ -184,12 +177,9 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
   let ready: ConditionVerdict;
   if (deleting) {
     // Give back everything marked as ours, whatever the selector says now.
-    out.services = byName(input.services.filter((s) => carriedPolicy(s) === name)).map((s) =>
-      restoreService(ctx, s),
-    );
-    out.deployments = deployments.flatMap((d) =>
-      carriedPolicy(d) === name ? [releaseDeployment(ctx, d)] : [],
-    );
+    const released = releaseMarked(ctx, input.deployments, input.services);
+    out.services = released.services;
+    out.deployments = released.deployments;
     if (input.configMap !== undefined) out.deleteConfigMap = ctx.cmName;
     ready = {
       type: "Ready",
@@ -198,6 +188,11 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
       message: "the policy is being deleted: its Deployments and Services are being restored",
     };
   } else {
+    // Only Deployments this policy selects or has marked matter; sorting just those keeps it cheap.
+    const selector = policy.spec?.selector;
+    const deployments = byName(
+      input.deployments.filter((d) => carriedPolicy(d) === name || matchesSelector(selector, podLabels(d))),
+    );
     const claims = claimLookup(input);
     const held: Held[] = [];
     for (const d of deployments) {
@@ -294,12 +289,22 @@ export function releaseOrphans(
   services: readonly V1Service[],
 ): Pick<ReconcileOutput, "deployments" | "services" | "events"> {
   const ctx: ReleaseContext = { name, namespace, events: [] };
+  return { ...releaseMarked(ctx, deployments, services), events: ctx.events };
+}
+
+/** Every Service and Deployment marked as this policy's, given back (a deletion, or orphans). */
+function releaseMarked(
+  ctx: ReleaseContext,
+  deployments: readonly V1Deployment[],
+  services: readonly V1Service[],
+): Pick<ReconcileOutput, "deployments" | "services"> {
   return {
-    services: byName(services.filter((s) => carriedPolicy(s) === name)).map((s) => restoreService(ctx, s)),
-    deployments: byName(deployments.filter((d) => carriedPolicy(d) === name)).map((d) =>
+    services: byName(services.filter((s) => carriedPolicy(s) === ctx.name)).map((s) =>
+      restoreService(ctx, s),
+    ),
+    deployments: byName(deployments.filter((d) => carriedPolicy(d) === ctx.name)).map((d) =>
       releaseDeployment(ctx, d),
     ),
-    events: ctx.events,
   };
 }
 

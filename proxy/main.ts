@@ -98,7 +98,7 @@ async function run(config: ProxyConfig): Promise<void> {
     redisUrl === undefined
       ? undefined
       : import("./redis-buckets.ts").then(({ connectRedisBuckets }) => connectRedisBuckets(redisUrl));
-  const warnUnsharedLimits = unsharedLimitsWarning(logger, config.redisUrl !== undefined);
+  const warnUnsharedLimits = unsharedLimitsWarning(logger, redisUrl !== undefined);
 
   let listenPort: number | undefined;
   let source: Awaited<ReturnType<typeof openPolicySource>>;

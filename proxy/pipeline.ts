@@ -134,8 +134,8 @@ export function matchRule(policy: CompiledPolicy, method: string, path: string):
   return policy.matchRule(method, path)?.rule;
 }
 
-export function readBearer(req: IncomingMessage, query: string): Credential {
-  return readCredential(req, query);
+export function readBearer(req: IncomingMessage, query: string, verifier: BearerVerifier): Credential {
+  return readCredential(req, query, verifier.knows);
 }
 
 /** A token verified before and still valid is answered at once, without a promise. */
@@ -253,7 +253,7 @@ export function admit(
   }
   if (rule?.action.kind === "deny") return refusal(exchange, "deny", "deny-rule", PROBLEMS.forbidden);
 
-  const credential = readBearer(req, target.query);
+  const credential = readBearer(req, target.query, runtime.verifier);
   if (credential.kind === "none") {
     return refusal(exchange, "unauthenticated", "no-credential", PROBLEMS.missingToken);
   }

@@ -4,7 +4,12 @@ import { once } from "node:events";
 import { createServer, type Server } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Credential, MAX_TOKEN_LENGTH, readCredential } from "../proxy/authn/credential.ts";
+import {
+  type Credential,
+  MAX_TOKEN_LENGTH,
+  parseAuthorization,
+  readCredential,
+} from "../proxy/authn/credential.ts";
 
 let server: Server;
 let port: number;
@@ -137,5 +142,20 @@ describe("readCredential", () => {
       await credentialOf([`Authorization: Bearer ${"\u00e9".repeat(MAX_TOKEN_LENGTH / 2 + 100)}`]),
     ).toEqual(tooLong);
     expect(await credentialOf([`Authorization: Bearer ${" ".repeat(100)}${atLimit}`])).toEqual(tooLong);
+  });
+
+  it("takes a token the verifier knows without scanning it, and scans every other one", () => {
+    const asked: string[] = [];
+    const knowsToken = (token: string) => {
+      asked.push(token);
+      return token === TOKEN;
+    };
+    expect(parseAuthorization(`Bearer ${TOKEN}`, knowsToken)).toEqual({ kind: "bearer", token: TOKEN });
+    expect(parseAuthorization(`Bearer ${TOKEN}x`, knowsToken)).toEqual({
+      kind: "bearer",
+      token: `${TOKEN}x`,
+    });
+    expect(parseAuthorization('Bearer "x"', knowsToken)).toEqual(malformed);
+    expect(asked).toEqual([TOKEN, `${TOKEN}x`, '"x"']);
   });
 });

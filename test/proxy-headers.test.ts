@@ -163,7 +163,7 @@ describe("readInboundHeaders", () => {
 });
 
 describe("forwardHeaders", () => {
-  it("appends exactly one of each proxy header after the client's, XFF ending with the peer", () => {
+  it("appends exactly one of each proxy header after the client's, XFF ending with the peer, identity names in lower case", () => {
     const inbound = readInboundHeaders(
       ["Host", "h", "X-Forwarded-For", "1.1.1.1", "x-forwarded-for", "2.2.2.2", "X-Forwarded-Host", "evil"],
       plan,
@@ -182,17 +182,17 @@ describe("forwardHeaders", () => {
       "rid",
       "traceparent",
       "tp",
-      "X-Auth-Subject",
+      "x-auth-subject",
       "user-1",
-      "X-Auth-Roles",
+      "x-auth-roles",
       "reader,writer",
-      "X-Auth-Scopes",
+      "x-auth-scopes",
       "orders.read orders.write",
-      "X-Auth-Client-Id",
+      "x-auth-client-id",
       "app",
-      "X-Auth-Issuer",
+      "x-auth-issuer",
       "https://idp.example",
-      "X-Auth-Email",
+      "x-auth-email",
       "u@example.com",
     ]);
   });
@@ -216,7 +216,7 @@ describe("identityHeaders", () => {
         claims: { email: "Jos\u00e9@example.com", level: 3, obj: { a: 1 }, org: { name: "Acme Corp" } },
       }),
     );
-    expect(names(headers)).toEqual(["X-Auth-Issuer", "X-Auth-Level", "X-Auth-Org"]);
+    expect(names(headers)).toEqual(["x-auth-issuer", "x-auth-level", "x-auth-org"]);
     expect(headers).toContain("3");
     expect(headers).toContain("Acme Corp");
   });

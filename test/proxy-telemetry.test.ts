@@ -147,6 +147,32 @@ describe("writeAccessLine", () => {
     expect(Object.keys(written[1] ?? {})).toEqual(Object.keys(written[0] ?? {}));
   });
 
+  it("serialises an identity once per roles array, yet never gives one identity's fields to another", () => {
+    const out = capture();
+    const logger = createLogger({ format: "json", level: "info", destination: out.stream });
+    const shared = ["reader"];
+    const first = { ...lines[0]!, subject: "alice", clientId: "app", roles: shared };
+    // Another identity with the very same roles array (as a shared empty or frozen array could be).
+    const second = { ...first, subject: 'bob"', clientId: undefined };
+    for (const line of [first, first, second, first]) writeAccessLine(logger, line);
+    expect(out.lines().map((line) => [line.subject, line.clientId, line.roles])).toEqual([
+      ["alice", "app", ["reader"]],
+      ["alice", "app", ["reader"]],
+      ['bob"', undefined, ["reader"]],
+      ["alice", "app", ["reader"]],
+    ]);
+  });
+
+  it("quotes every value, however many distinct ones arrive", () => {
+    const out = capture();
+    const logger = createLogger({ format: "json", level: "info", destination: out.stream });
+    const reasons = Array.from({ length: 1_000 }, (_, i) => `reason "${i}"\\`);
+    for (const reason of reasons) writeAccessLine(logger, { ...lines[1]!, reason, method: `M${reason}` });
+    expect(out.lines().map((line) => [line.reason, line.method])).toEqual(
+      reasons.map((reason) => [reason, `M${reason}`]),
+    );
+  });
+
   it("writes nothing below the logger's level", () => {
     const out = capture();
     writeAccessLine(createLogger({ format: "json", level: "warn", destination: out.stream }), lines[0]!);

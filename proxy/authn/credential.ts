@@ -61,6 +61,9 @@ const inQuery: Credential = {
 const otherScheme: Credential = { kind: "invalid", reason: "unsupported_scheme", status: 401 };
 const none: Credential = { kind: "none" };
 
+/** A token this predicate accepts (one verified before) skips the token68 scan: ~1 us per KiB of token. */
+export type KnownToken = (token: string) => boolean;
+
 /**
  * Reads the request's bearer token. `query` is the raw query string (with or without the `?`).
  *
@@ -68,18 +71,18 @@ const none: Credential = { kind: "none" };
  * access logs, browser history, Referer headers and the app's own logs, and the query is forwarded.
  * A form-body `access_token` (section 2.2) is never read: bodies are streamed to the app untouched.
  */
-export function readCredential(req: IncomingMessage, query: string): Credential {
+export function readCredential(req: IncomingMessage, query: string, known?: KnownToken): Credential {
   const header = req.headers.authorization;
   const queryToken = query !== "" && hasAccessTokenParameter(query);
   if (header === undefined) return queryToken ? inQuery : none;
   // req.headers keeps only the first copy. Counting in rawHeaders sees every copy, as
   // req.headersDistinct would, without building an object of all headers per request.
   if (queryToken || countAuthorizationHeaders(req.rawHeaders) > 1) return multiple;
-  return parseAuthorization(header);
+  return parseAuthorization(header, known);
 }
 
 /** Parses one Authorization header value (Node has already trimmed surrounding whitespace). */
-export function parseAuthorization(value: string): Credential {
+export function parseAuthorization(value: string, known?: KnownToken): Credential {
   if (value.length > MAX_HEADER_LENGTH) return tooLong;
   const space = value.indexOf(" ");
   const scheme = space === -1 ? value : value.slice(0, space);
@@ -90,7 +93,8 @@ export function parseAuthorization(value: string): Credential {
   while (value.charCodeAt(start) === 32) start++;
   const token = value.slice(start);
   if (token.length > MAX_TOKEN_LENGTH) return tooLong;
-  if (!TOKEN68.test(token)) return malformed;
+  // A verified token is a compact JWS: base64url and dots, token68 by construction.
+  if (known?.(token) !== true && !TOKEN68.test(token)) return malformed;
   return { kind: "bearer", token };
 }
 

@@ -57,6 +57,8 @@ export interface BearerVerifier {
    * every call), without a promise; undefined otherwise: then `verify` decides.
    */
   verifyCached(token: string): Verification | undefined;
+  /** `verifyCached(token)` found it: the token was verified before and still is valid. */
+  knows(token: string): boolean;
   /** Resolves when every issuer's key set has loaded once. */
   ready(): Promise<void>;
   isReady(): boolean;
@@ -206,6 +208,7 @@ export function createBearerVerifier(
 
   return {
     verifyCached,
+    knows: (token) => verifyCached(token) !== undefined,
     async verify(token) {
       if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
       const cached = verifyCached(token);

@@ -2,7 +2,8 @@
 // connections): requests/s, p50/p99 latency, CPU time per request, peak RSS and peak private (anonymous)
 // memory of the server process, and the ratio. Each server runs in a child process of its own; its CPU
 // and memory are read from /proc by this process.
-//   npx node bench/proxy.ts [--seconds 10] [--rounds 1] [--profile <dir>] [--sidecar-node-options "<flags>"]...
+//   npx node bench/proxy.ts [--seconds 3] [--rounds 7] [--profile <dir>] [--sidecar-node-options "<flags>"]...
+// (--sidecar-node-options: node flags and NAME=value environment variables, e.g. "MALLOC_ARENA_MAX=2")
 //
 // Servers measured:
 //   pass-through (stream)    node:http + undici Pool.stream(), the shape FIELD-NOTES measured
@@ -299,16 +300,21 @@ async function startSidecar(
   const [port, admin] = [await freePort(), await freePort()];
   const policyFile = `${built}/policy-${port}.yaml`;
   writeFileSync(policyFile, stringify(document));
+  // `NAME=value` words are environment variables (MALLOC_ARENA_MAX=2), the others node flags.
+  const words = nodeOptions.split(" ").filter(Boolean);
+  const env = Object.fromEntries(
+    words.filter((word) => /^[A-Z_]+=/.test(word)).map((word) => word.split(/=(.*)/s).slice(0, 2)),
+  );
   const child = spawn(
     process.execPath,
     [
-      ...nodeOptions.split(" ").filter(Boolean),
+      ...words.filter((word) => !/^[A-Z_]+=/.test(word)),
       `${built}/proxy/main.js`,
       ...["--policy", policyFile, "--upstream", upstream],
       ...["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`],
     ],
     // Its access log goes where the other servers' go.
-    { stdio: ["ignore", openSync("/dev/null", "w"), "inherit"] },
+    { stdio: ["ignore", openSync("/dev/null", "w"), "inherit"], env: { ...process.env, ...env } },
   );
   // Ready once the issuer's keys are loaded and the upstream answers.
   for (let attempt = 0; ; attempt++) {
@@ -400,8 +406,8 @@ async function main(): Promise<void> {
     const at = process.argv.indexOf(name);
     return at > 0 ? Number(process.argv[at + 1]) : fallback;
   };
-  const seconds = flag("--seconds", 10);
-  const rounds = flag("--rounds", 1);
+  const seconds = flag("--seconds", 3);
+  const rounds = flag("--rounds", 7);
   if (!hasWrk()) {
     console.log("bench/proxy.ts: wrk is not installed (apt-get install -y wrk); skipped.");
     return;
@@ -481,17 +487,29 @@ async function main(): Promise<void> {
         ),
       );
     }
-    const rps = (label: string) => mean(results.get(label)!, (x) => x.requestsPerSecond);
-    const cpu = (label: string) => mean(results.get(label)!, (x) => x.cpuMicrosPerRequest);
+    // Each round measures every server back to back, so a ratio within one round compares the two
+    // under nearly the same machine; the median over rounds sets aside the rounds another tenant of
+    // the machine disturbed, and the range shows how large that noise was.
+    const perRound = (label: string, baseline: string, pick: (r: Result) => number) => {
+      const [a, b] = [results.get(label)!, results.get(baseline)!];
+      return a.map((r, i) => pick(r) / pick(b[i]!)).sort((x, y) => x - y);
+    };
+    const median = (sorted: readonly number[]) =>
+      sorted.length % 2 === 1
+        ? sorted[(sorted.length - 1) / 2]!
+        : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
     const ratios: [string, string][] = [
       [LABELS.portcullis, LABELS.stream],
       [LABELS.portcullis, LABELS.dispatch],
       [LABELS["portcullis-quiet"], LABELS.stream],
       ...servers.filter((s) => s.kind === "sidecar").map((s): [string, string] => [s.label, LABELS.stream]),
     ];
+    console.log(`ratios: median over ${rounds} round(s) [lowest-highest round]`);
     for (const [label, baseline] of ratios) {
+      const rps = perRound(label, baseline, (r) => r.requestsPerSecond);
+      const cpu = perRound(label, baseline, (r) => r.cpuMicrosPerRequest);
       console.log(
-        `${label} / ${baseline}: ${(rps(label) / rps(baseline)).toFixed(2)}x req/s, ${(cpu(label) / cpu(baseline)).toFixed(2)}x CPU per request`,
+        `${label} / ${baseline}: ${median(rps).toFixed(2)}x req/s [${rps[0]!.toFixed(2)}-${rps.at(-1)!.toFixed(2)}], ${median(cpu).toFixed(2)}x CPU per request [${cpu[0]!.toFixed(2)}-${cpu.at(-1)!.toFixed(2)}]`,
       );
     }
     console.log(

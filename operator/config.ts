@@ -44,6 +44,13 @@ export interface ResourceQuantities {
   limits: Record<string, string>;
 }
 
+/**
+ * The sidecars' Redis URL: the value itself, or a key of a Secret in each app namespace (the URL may
+ * hold a password, which then never appears in a pod spec; a namespace without the Secret runs its
+ * sidecars on local buckets).
+ */
+export type SidecarRedisUrl = { url: string } | { secret: { name: string; key: string } };
+
 export interface OperatorConfig {
   /** The sidecar image, unless a policy sets spec.sidecar.image. */
   proxyImage: string;
@@ -58,12 +65,7 @@ export interface OperatorConfig {
   /** The sidecar drains for terminationGracePeriodSeconds minus this, so the kubelet never kills it mid-drain. */
   drainMarginSeconds: number;
   /** PORTCULLIS_REDIS_URL of the sidecar: where `store: redis` rate limits are shared. Unset: not passed. */
-  sidecarRedisUrl?: string;
-  /**
-   * The same URL from a Secret in each app namespace (it may hold a password, which then never
-   * appears in a pod spec). Optional: a namespace without it runs its sidecars on local buckets.
-   */
-  sidecarRedisUrlSecret?: { name: string; key: string };
+  sidecarRedisUrl?: SidecarRedisUrl;
   /** Namespaces to watch; empty: all. */
   namespaces: string[];
   /** /healthz, /readyz, /metrics of the operator. */
@@ -258,7 +260,7 @@ export function readOperatorConfig(
     if (!isRedisUrl(redisUrl)) {
       return fail("sidecar-redis-url", "expected redis://<host>:<port>[/<db>] or rediss://...");
     }
-    config.sidecarRedisUrl = redisUrl;
+    config.sidecarRedisUrl = { url: redisUrl };
   }
   const redisSecret = raw("sidecar-redis-url-secret");
   if (redisSecret !== undefined) {
@@ -272,7 +274,7 @@ export function readOperatorConfig(
         "give --sidecar-redis-url or --sidecar-redis-url-secret, not both",
       );
     }
-    config.sidecarRedisUrlSecret = { name, key };
+    config.sidecarRedisUrl = { secret: { name, key } };
   }
 
   const namespaces = raw("namespaces");

@@ -81,10 +81,10 @@ export function portClashes(pod: V1PodSpec | undefined, spec: AccessPolicySpec):
 
 /** PORTCULLIS_REDIS_URL as a value, from a Secret (optional: missing, the sidecar counts locally), or none. */
 function redisUrlEnv(config: OperatorConfig): V1EnvVar[] {
-  if (config.sidecarRedisUrl !== undefined)
-    return [{ name: "PORTCULLIS_REDIS_URL", value: config.sidecarRedisUrl }];
-  const secret = config.sidecarRedisUrlSecret;
-  if (secret === undefined) return [];
+  const redis = config.sidecarRedisUrl;
+  if (redis === undefined) return [];
+  if ("url" in redis) return [{ name: "PORTCULLIS_REDIS_URL", value: redis.url }];
+  const { secret } = redis;
   return [
     {
       name: "PORTCULLIS_REDIS_URL",

@@ -69,7 +69,7 @@ describe("the Helm chart", () => {
     expect(config).toMatchObject({
       namespaces: ["billing", "shop"],
       sidecarMode: "native",
-      sidecarRedisUrl: "redis://redis.shared.svc:6379/0",
+      sidecarRedisUrl: { url: "redis://redis.shared.svc:6379/0" },
     });
     expect(container?.securityContext).toMatchObject({
       readOnlyRootFilesystem: true,
@@ -114,7 +114,7 @@ describe("the Helm chart", () => {
     );
     expect(env).not.toHaveProperty("PORTCULLIS_SIDECAR_REDIS_URL");
     expect(readOperatorConfig([], env)).toMatchObject({
-      sidecarRedisUrlSecret: { name: "rate-limits", key: "url" },
+      sidecarRedisUrl: { secret: { name: "rate-limits", key: "url" } },
     });
   });
 

@@ -118,7 +118,7 @@ beforeAll(async () => {
     cp.kubeConfig,
     operatorConfig((c) => {
       c.leaderElection.leaseNamespace = "portcullis-system";
-      c.sidecarRedisUrlSecret = { name: "rate-limits", key: "url" };
+      c.sidecarRedisUrl = { secret: { name: "rate-limits", key: "url" } };
     }),
   );
   const policy = examplePolicy(ns, name);

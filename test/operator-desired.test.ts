@@ -449,7 +449,7 @@ describe("the sidecar on a selected Deployment", () => {
       o.deployments[0]?.body.spec?.template.metadata.annotations[SIDECAR_HASH_ANNOTATION];
     expect(hash(shared)).not.toBe(hash(out));
     const fromEnv = readOperatorConfig([], { PORTCULLIS_SIDECAR_REDIS_URL: "rediss://cache:6380" });
-    expect(fromEnv).toMatchObject({ sidecarRedisUrl: "rediss://cache:6380" });
+    expect(fromEnv).toMatchObject({ sidecarRedisUrl: { url: "rediss://cache:6380" } });
     for (const bad of ["http://redis:6379", "redis://", "redis://:secret@h:1/x", "not a url"]) {
       const refused = readOperatorConfig(["--sidecar-redis-url", bad], {});
       expect(refused).toHaveProperty("error");
@@ -473,7 +473,7 @@ describe("the sidecar on a selected Deployment", () => {
     expect(
       readOperatorConfig([], { PORTCULLIS_SIDECAR_REDIS_URL_SECRET: "shared.redis/redis-url" }),
     ).toMatchObject({
-      sidecarRedisUrlSecret: { name: "shared.redis", key: "redis-url" },
+      sidecarRedisUrl: { secret: { name: "shared.redis", key: "redis-url" } },
     });
     for (const bad of ["rate-limits", "rate-limits/", "/url", "a/b/c", "Rate_Limits/url"]) {
       expect(readOperatorConfig(["--sidecar-redis-url-secret", bad], {})).toHaveProperty("error");

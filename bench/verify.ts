@@ -102,6 +102,48 @@ console.log(
 for (const alg of ["RS256", "ES256"] as const) {
   for (const inFlight of [1, IN_FLIGHT]) await compare(alg, inFlight);
 }
+/**
+ * A stale token sent again and again (a client whose refresh broke): CPU per refusal against the CPU
+ * of an uncached verification of a valid token, same verifier settings, same IdP key.
+ */
+async function expiredRefusals(): Promise<void> {
+  const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 60 });
+  const registry = new KeySetRegistry();
+  try {
+    const policy = policyFor(idp);
+    const valid = createBearerVerifier(policy, { keySets: registry, cacheSize: 0 });
+    // Two hours ahead: every token the IdP issues is expired for this one.
+    const late = createBearerVerifier(policy, {
+      keySets: registry,
+      cacheSize: 0,
+      now: () => Date.now() + 7_200_000,
+    });
+    await Promise.all([valid.ready(), late.ready()]);
+    const token = await idp.token("reader");
+    const cpuPer = async (verifier: BearerVerifier, ok: boolean) => {
+      const n = 5_000;
+      const start = process.cpuUsage();
+      for (let i = 0; i < n; i++) {
+        if ((await verifier.verify(token)).ok !== ok) throw new Error("unexpected verification result");
+      }
+      const { user, system } = process.cpuUsage(start);
+      return (user + system) / n;
+    };
+    await cpuPer(valid, true);
+    await cpuPer(late, false);
+    const [v, e] = [await cpuPer(valid, true), await cpuPer(late, false)];
+    console.log(
+      `RS256 expired token refused: ${e.toFixed(1)} us CPU, a valid one verified uncached: ${v.toFixed(1)} us (${(e / v).toFixed(2)}x)`,
+    );
+    valid.close();
+    late.close();
+  } finally {
+    registry.close();
+    await idp.stop();
+  }
+}
+
+await expiredRefusals();
 const sample = "x".repeat(900);
 console.log(
   `sha256 of a 900-char token: ${sha256Micros(sample).toFixed(2)} us (not paid: the cache key is the token)`,

@@ -139,6 +139,18 @@ describe("tokens refused with a reason (401)", () => {
     );
   });
 
+  it("expired, before its signature is checked or a key for its kid is looked for", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const expired = goodClaims(idp, { iat: now - 7200, exp: now - 3600 });
+    const foreign = await foreignKey("RS256", "no-such-kid");
+    idp.resetCounts();
+    // A forged signature under an unknown kid: checking it would refetch the IdP's keys.
+    expect(await reason(await sign(foreign, expired))).toBe("expired");
+    expect(idp.counts()).toEqual({ discovery: 0, jwks: 0, token: 0 });
+    // Within the skew it is not expired, so the signature decides.
+    expect(await reason(await sign(foreign, goodClaims(idp, { exp: now - 10 })))).not.toBe("expired");
+  });
+
   it("not yet valid", async () => {
     const now = Math.floor(Date.now() / 1000);
     expect(await reason(await sign(idpKey(idp), goodClaims(idp, { nbf: now + 3600 })))).toBe("not_yet_valid");

@@ -165,6 +165,12 @@ export function createBearerVerifier(
     ) {
       return fail("bad_typ");
     }
+    // Expired by its own, still unverified `exp`: refused before the signature check. Refusing early
+    // never admits anything, and a client retrying with a stale token would otherwise cost a signature
+    // check and a thrown error every time (~150 us of CPU per request, bench/verify.ts).
+    if (Number.isSafeInteger(claims.exp) && nowSeconds >= (claims.exp as number) + issuer.skew) {
+      return fail("expired");
+    }
     let payload: JWTPayload;
     try {
       const verifyOptions = clockGiven

@@ -183,6 +183,14 @@ describe("tokens refused with a reason (401)", () => {
     expect(await reason(await sign(key, goodClaims(idp, { aud: ["api://billing", idp.audience] })))).toBe(
       "ok",
     );
+    // Refused before its signature is checked: a forged one under an unknown kid fetches no keys.
+    const foreign = await foreignKey("RS256", "no-such-kid");
+    idp.resetCounts();
+    expect(await reason(await sign(foreign, goodClaims(idp, { aud: "api://billing" })))).toBe("bad_audience");
+    expect(await reason(await sign(foreign, goodClaims(idp, { aud: [1, "api://billing"] })))).toBe(
+      "bad_audience",
+    );
+    expect(idp.counts()).toEqual({ discovery: 0, jwks: 0, token: 0 });
   });
 
   it("bad signature: a tampered real token, and a foreign key under the IdP's kid", async () => {

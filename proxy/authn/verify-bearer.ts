@@ -91,6 +91,7 @@ interface IssuerVerification {
   issuer: string;
   keySet: RemoteKeySet;
   algorithms: ReadonlySet<string>;
+  audiences: readonly string[];
   skew: number;
   options: JWTVerifyOptions;
 }
@@ -128,6 +129,7 @@ export function createBearerVerifier(
       issuer: name,
       keySet,
       algorithms: new Set(config.algorithms),
+      audiences: config.audiences,
       skew: config.clockSkewSeconds,
       options: {
         issuer: name,
@@ -165,12 +167,14 @@ export function createBearerVerifier(
     ) {
       return fail("bad_typ");
     }
-    // Expired by its own, still unverified `exp`: refused before the signature check. Refusing early
-    // never admits anything, and a client retrying with a stale token would otherwise cost a signature
-    // check and a thrown error every time (~150 us of CPU per request, bench/verify.ts).
+    // Expired, or for another audience, by its own still unverified claims: refused before the
+    // signature check. Refusing early never admits anything, and a client retrying with a stale token
+    // or one minted for another API would otherwise cost a signature check and a thrown error every
+    // time (~150 us of CPU per request, bench/verify.ts).
     if (Number.isSafeInteger(claims.exp) && nowSeconds >= (claims.exp as number) + issuer.skew) {
       return fail("expired");
     }
+    if (!audienceMatches(claims.aud, issuer.audiences)) return fail("bad_audience");
     let payload: JWTPayload;
     try {
       const verifyOptions = clockGiven
@@ -241,6 +245,12 @@ export function createBearerVerifier(
       for (const issuer of issuers.values()) options.keySets.release(issuer.keySet);
     },
   };
+}
+
+/** jose's own audience rule: `aud` (a string or an array) names at least one configured audience. */
+function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
+  if (typeof aud === "string") return audiences.includes(aud);
+  return Array.isArray(aud) && aud.some((value) => typeof value === "string" && audiences.includes(value));
 }
 
 function stillValid(entry: CachedVerification, nowSeconds: number): boolean {

@@ -1,6 +1,7 @@
 // Bearer JWT -> verified identity, per policy. The steps, cheapest first: length cap, verified-token
 // cache, untrusted decode to pick the issuer by exact `iss` (an unknown issuer costs no network call),
-// header checks, jose's jwtVerify against that issuer's key set, NumericDate checks, identity.
+// header checks, early refusal of an expired or foreign-audience token, jose's jwtVerify against that
+// issuer's key set, NumericDate checks, identity.
 
 import {
   decodeJwt,

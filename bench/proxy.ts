@@ -3,7 +3,8 @@
 // memory of the server process, and the ratio. Each server runs in a child process of its own; its CPU
 // and memory are read from /proc by this process.
 //   npx node bench/proxy.ts [--seconds 3] [--rounds 7] [--profile <dir>] [--sidecar-node-options "<flags>"]...
-// (--sidecar-node-options: node flags and NAME=value environment variables, e.g. "MALLOC_ARENA_MAX=2")
+// (--sidecar-node-options: node flags and NAME=value environment variables, e.g. "MALLOC_ARENA_MAX=2";
+// --each-round prints every round's req/s)
 //
 // Servers measured:
 //   pass-through (stream)    node:http + undici Pool.stream(), the shape FIELD-NOTES measured
@@ -504,6 +505,12 @@ async function main(): Promise<void> {
       [LABELS["portcullis-quiet"], LABELS.stream],
       ...servers.filter((s) => s.kind === "sidecar").map((s): [string, string] => [s.label, LABELS.stream]),
     ];
+    if (process.argv.includes("--each-round")) {
+      for (const server of servers) {
+        const each = results.get(server.label)!.map((r) => r.requestsPerSecond.toFixed(0).padStart(6));
+        console.log(`${server.label.padEnd(widths[0]!)} req/s per round: ${each.join(" ")}`);
+      }
+    }
     console.log(`ratios: median over ${rounds} round(s) [lowest-highest round]`);
     for (const [label, baseline] of ratios) {
       const rps = perRound(label, baseline, (r) => r.requestsPerSecond);

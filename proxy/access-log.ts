@@ -31,6 +31,13 @@ const FLUSH_MS = 250;
 
 /** Room for a batch plus a long line; a line that would not fit is written on its own. */
 const BUFFER_BYTES = 2 * BATCH_BYTES;
+/** Deferred lines of one event loop turn beyond this are built at once (memory stays bounded). */
+const MAX_DEFERRED = 256;
+
+/** A line whose text LineBatch.defer builds later. */
+export interface DeferredLine {
+  render(): string;
+}
 
 /** sonic-boom in contentMode "buffer" (its typings declare string writes only). */
 export interface BufferSink {
@@ -53,13 +60,46 @@ export class LineBatch implements pino.DestinationStream {
   #buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
   #used = 0;
   readonly #timer: NodeJS.Timeout;
+  readonly #deferred: DeferredLine[] = [];
+  readonly #writeDeferred = (): void => this.#takeDeferred();
 
   constructor(sink: BufferSink) {
     this.#sink = sink;
     this.#timer = setInterval(() => this.#push(), FLUSH_MS).unref();
   }
 
+  /**
+   * Takes a line whose text is built at the end of this event loop turn, together with the others
+   * deferred in it: building and encoding the lines of a turn in one run cost the loaded proxy half
+   * of what one at a time did (in-process A/B, access log on against off: 0.89-0.92x of the
+   * throughput at once, 0.94-0.98x deferred). Order is kept: any line written meanwhile waits for them.
+   */
+  defer(line: DeferredLine): void {
+    if (this.#deferred.push(line) === 1) setImmediate(this.#writeDeferred);
+    else if (this.#deferred.length >= MAX_DEFERRED) this.#takeDeferred();
+  }
+
+  #takeDeferred(): void {
+    const lines = this.#deferred;
+    for (let i = 0; i < lines.length; i++) {
+      let text: string;
+      try {
+        text = lines[i]!.render();
+      } catch {
+        // This runs from setImmediate: a line that cannot be built is lost, never the process.
+        continue;
+      }
+      this.#append(text);
+    }
+    lines.length = 0;
+  }
+
   write(line: string): void {
+    if (this.#deferred.length > 0) this.#takeDeferred();
+    this.#append(line);
+  }
+
+  #append(line: string): void {
     // UTF-8 takes at most 3 bytes per UTF-16 code unit.
     if (this.#used + line.length * 3 > BUFFER_BYTES) {
       this.#push();
@@ -83,11 +123,13 @@ export class LineBatch implements pino.DestinationStream {
 
   /** pino's logger.flush(cb): everything pending is written, then cb. */
   flush(callback: (error?: Error) => void): void {
+    this.#takeDeferred();
     this.#push();
     this.#sink.flush(callback);
   }
 
   flushSync(): void {
+    this.#takeDeferred();
     this.#push();
     try {
       this.#sink.flushSync();
@@ -98,6 +140,7 @@ export class LineBatch implements pino.DestinationStream {
 
   end(): void {
     clearInterval(this.#timer);
+    this.#takeDeferred();
     this.#push();
     this.#sink.end();
   }
@@ -301,11 +344,10 @@ function ecsAccessWriter(ecs: pino.LoggerOptions, destination: pino.DestinationS
 let stampedAt = 0;
 let stamp = "";
 
-function isoNow(): string {
-  const now = Date.now();
-  if (now !== stampedAt) {
-    stampedAt = now;
-    stamp = new Date(now).toISOString();
+function isoTime(epochMs: number): string {
+  if (epochMs !== stampedAt) {
+    stampedAt = epochMs;
+    stamp = new Date(epochMs).toISOString();
   }
   return stamp;
 }
@@ -346,8 +388,9 @@ function identityFields(writer: AccessWriter, line: AccessLine): string {
 /**
  * Writes the request's access line at level info: one string built from the fields, about a third of
  * what pino's generic serialisation costs per line (the free-form values, path and request id, go
- * through JSON.stringify on every line). Loggers createLogger did not make get the same fields
- * through logger.info.
+ * through JSON.stringify on every line). Into a LineBatch (createLogger's default destination) the line
+ * is deferred to the end of the event loop turn, its time stamp taken now. Loggers createLogger did not
+ * make get the same fields through logger.info.
  */
 export function writeAccessLine(logger: pino.Logger, line: AccessLine): void {
   if (!logger.isLevelEnabled("info")) return;
@@ -356,8 +399,30 @@ export function writeAccessLine(logger: pino.Logger, line: AccessLine): void {
     logger.info(line, "request");
     return;
   }
+  const { destination } = writer;
+  if (destination instanceof LineBatch) destination.defer(new PendingAccessLine(writer, line, Date.now()));
+  else destination.write(renderAccessLine(writer, line, Date.now()));
+}
+
+class PendingAccessLine implements DeferredLine {
+  readonly #writer: AccessWriter;
+  readonly #line: AccessLine;
+  readonly #time: number;
+
+  constructor(writer: AccessWriter, line: AccessLine, time: number) {
+    this.#writer = writer;
+    this.#line = line;
+    this.#time = time;
+  }
+
+  render(): string {
+    return renderAccessLine(this.#writer, this.#line, this.#time);
+  }
+}
+
+function renderAccessLine(writer: AccessWriter, line: AccessLine, time: number): string {
   const { names } = writer;
-  let text = writer.open + isoNow() + names.requestId + JSON.stringify(line.requestId);
+  let text = writer.open + isoTime(time) + names.requestId + JSON.stringify(line.requestId);
   text += names.method + quoted(line.method);
   if (line.path !== undefined) text += names.path + JSON.stringify(line.path);
   text += names.rule + quoted(line.rule);
@@ -369,5 +434,5 @@ export function writeAccessLine(logger: pino.Logger, line: AccessLine): void {
   text += names.latencyMs + writer.duration(line.latencyMs);
   if (line.upstreamMs !== undefined) text += names.upstreamMs + line.upstreamMs;
   if (line.failure !== undefined) text += names.failure + quoted(line.failure);
-  writer.destination.write(text + writer.close);
+  return text + writer.close;
 }

@@ -206,7 +206,6 @@ describe("LineBatch", () => {
         expect(i).toBeLessThan(1_000);
         writeAccessLine(logger, { ...lines[0]!, requestId: `filler-${i}` });
       }
-      expect(writes).toHaveLength(1);
       expect(Buffer.byteLength(writes[0]!)).toBeGreaterThanOrEqual(32 * 1024);
       const [first, second, third] = writes[0]!
         .split("\n")
@@ -217,6 +216,57 @@ describe("LineBatch", () => {
         "between two access lines",
         lines[1]!.requestId,
       ]);
+    } finally {
+      batch.end();
+    }
+  });
+
+  it("builds deferred lines when the event loop turn ends, or at once when a line is written or on flush", async () => {
+    const { batch, logger, writes } = recorded();
+    try {
+      let built = 0;
+      const deferred = { render: () => `${++built}\n` };
+      batch.defer(deferred);
+      batch.defer(deferred);
+      expect(built).toBe(0);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(built).toBe(2);
+      // A line written meanwhile comes after them; so does a flush.
+      batch.defer(deferred);
+      logger.warn("an event");
+      batch.defer(deferred);
+      batch.flushSync();
+      expect(
+        writes
+          .join("")
+          .split("\n")
+          .filter(Boolean)
+          .map((line) => line.slice(0, 10)),
+      ).toEqual(["1", "2", "3", '{"level":"', "4"]);
+      // Access lines of a createLogger logger take this path; the time stamp is taken when written.
+      const before = Date.now();
+      writeAccessLine(logger, lines[1]!);
+      batch.flushSync();
+      const line = JSON.parse(writes.join("").trim().split("\n").at(-1)!);
+      expect(line.requestId).toBe(lines[1]!.requestId);
+      expect(Date.parse(line.time)).toBeGreaterThanOrEqual(before);
+    } finally {
+      batch.end();
+    }
+  });
+
+  it("loses only a deferred line that cannot be built, never the process or the other lines", () => {
+    const { batch, writes } = recorded();
+    try {
+      batch.defer({ render: () => "first\n" });
+      batch.defer({
+        render: () => {
+          throw new Error("a bug");
+        },
+      });
+      batch.defer({ render: () => "third\n" });
+      batch.flushSync();
+      expect(writes).toEqual(["first\nthird\n"]);
     } finally {
       batch.end();
     }

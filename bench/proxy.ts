@@ -19,19 +19,25 @@
 import { type ChildProcess, execFile, execFileSync, fork, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
-import { Pool } from "undici";
 import { parse, stringify } from "yaml";
 import { freePort } from "../examples/free-port.ts";
 import { DEFAULT_SIDECAR_RESOURCES } from "../operator/config.ts";
 import { sidecarNodeOptions } from "../operator/sidecar.ts";
-import { DEFAULT_UPSTREAM_CONNECTIONS } from "../proxy/forward.ts";
+import {
+  dispatchPassThrough,
+  examplePortcullis,
+  type Handler,
+  hasWrk,
+  passThroughPool,
+  streamPassThrough,
+  upstreamHandler,
+} from "./support/servers.ts";
 
 const ROLE = process.argv[2];
 const CONNECTIONS = 32;
-const UPSTREAM_BODY = Buffer.from('{"orders":[{"id":1,"item":"espresso beans"}]}');
 
 type ServerKind = "upstream" | "stream" | "dispatch" | "portcullis" | "portcullis-quiet" | "sidecar";
 
@@ -57,161 +63,8 @@ async function listen(server: ReturnType<typeof createServer>): Promise<void> {
   exitOnRequest();
 }
 
-async function runUpstream(): Promise<void> {
-  await listen(
-    createServer((_req, res) => {
-      res.writeHead(200, [
-        "content-type",
-        "application/json",
-        "content-length",
-        String(UPSTREAM_BODY.length),
-      ]);
-      res.end(UPSTREAM_BODY);
-    }),
-  );
-}
-
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "expect",
-]);
-
-function passThroughPool(upstream: string): Pool {
-  // The proxy's own default, so both sides queue (or not) alike.
-  return new Pool(upstream, { connections: DEFAULT_UPSTREAM_CONNECTIONS, pipelining: 1 });
-}
-
-/** The minimum a pass-through must do: drop hop-by-hop headers both ways, stream both bodies. */
-function requestHeaders(req: IncomingMessage): string[] {
-  const out: string[] = [];
-  const raw = req.rawHeaders;
-  for (let i = 0; i < raw.length; i += 2) {
-    if (!HOP_BY_HOP.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!);
-  }
-  return out;
-}
-
-function responseHeaders(raw: readonly (Buffer | string)[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString("latin1");
-    if (!HOP_BY_HOP.has(name.toLowerCase())) out.push(name, raw[i + 1]!.toString("latin1"));
-  }
-  return out;
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers["content-length"];
-  return (length !== undefined && length !== "0") || req.headers["transfer-encoding"] !== undefined;
-}
-
-async function runStreamPassThrough(upstream: string): Promise<void> {
-  const pool = passThroughPool(upstream);
-  await listen(
-    createServer((req: IncomingMessage, res: ServerResponse) => {
-      pool
-        .stream(
-          {
-            method: req.method as "GET",
-            path: req.url ?? "/",
-            headers: requestHeaders(req),
-            body: hasBody(req) ? req : null,
-            responseHeaders: "raw",
-          },
-          ({ statusCode, headers }) => {
-            res.writeHead(statusCode, responseHeaders(headers as unknown as Buffer[]));
-            return res;
-          },
-        )
-        .catch(() => {
-          if (!res.headersSent) res.writeHead(502).end();
-          else res.destroy();
-        });
-    }),
-  );
-}
-
-async function runDispatchPassThrough(upstream: string): Promise<void> {
-  const pool = passThroughPool(upstream);
-  await listen(
-    createServer((req: IncomingMessage, res: ServerResponse) => {
-      let upstreamController: { abort(error: Error): void; resume(): void } | undefined;
-      let settled = false;
-      // A client that leaves must release the upstream connection (a paused one would be stuck).
-      res.once("close", () => {
-        if (!settled) upstreamController?.abort(new Error("client closed"));
-      });
-      pool.dispatch(
-        {
-          method: req.method as "GET",
-          path: req.url ?? "/",
-          headers: requestHeaders(req),
-          body: hasBody(req) ? req : null,
-        },
-        {
-          onRequestStart(controller) {
-            upstreamController = controller;
-            if (res.destroyed) controller.abort(new Error("client closed"));
-          },
-          onResponseStart(controller, statusCode) {
-            res.writeHead(statusCode, responseHeaders(controller.rawHeaders as Buffer[]));
-          },
-          onResponseData(controller, chunk) {
-            if (!res.write(chunk)) {
-              controller.pause();
-              res.once("drain", () => controller.resume());
-            }
-          },
-          onResponseEnd() {
-            settled = true;
-            res.end();
-          },
-          onResponseError() {
-            settled = true;
-            if (!res.headersSent) res.writeHead(502).end();
-            else res.destroy();
-          },
-        },
-      );
-    }),
-  );
-}
-
-/** `level` "warn" turns the access log off (as --log-level=warn would), to show what it costs. */
-async function runPortcullis(upstream: string, issuer: string, level: "info" | "warn"): Promise<void> {
-  const [{ compilePolicy }, { validatePolicyObject }, { KeySetRegistry }, { createBearerVerifier }] =
-    await Promise.all([
-      import("../policy/compile.ts"),
-      import("../policy/validate.ts"),
-      import("../proxy/authn/key-set.ts"),
-      import("../proxy/authn/verify-bearer.ts"),
-    ]);
-  const [{ createLogger }, { createProxyMetrics }, { createProxyServer }] = await Promise.all([
-    import("../proxy/access-log.ts"),
-    import("../proxy/metrics.ts"),
-    import("../proxy/server.ts"),
-  ]);
-  const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
-  document.spec.authentication.issuers[0].issuer = issuer;
-  const { policy: valid, problems } = validatePolicyObject(document);
-  if (!valid) throw new Error(JSON.stringify(problems));
-  const policy = compilePolicy(valid);
-  const keySets = new KeySetRegistry();
-  const runtime = { policy, verifier: createBearerVerifier(policy, { keySets }) };
-  await runtime.verifier.ready();
-  const metrics = createProxyMetrics();
-  const proxy = createProxyServer({
-    current: () => runtime,
-    upstream: new URL(upstream),
-    logger: createLogger({ format: "json", level }),
-    metrics,
-  });
-  await listen(proxy.server);
+async function runServer(handler: Handler): Promise<void> {
+  await listen(createServer(handler));
 }
 
 // ---- the parent: load generator and report ----------------------------------------------------------
@@ -222,16 +75,6 @@ interface Measurement {
   p50Ms: number;
   p99Ms: number;
   errors: number;
-}
-
-function hasWrk(): boolean {
-  try {
-    execFileSync("wrk", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch (error) {
-    // wrk --version exits 1 after printing its version.
-    return (error as { status?: number }).status === 1;
-  }
 }
 
 function toMs(value: string): number {
@@ -540,9 +383,11 @@ async function main(): Promise<void> {
   }
 }
 
-if (ROLE === "upstream") await runUpstream();
-else if (ROLE === "stream") await runStreamPassThrough(process.argv[3]!);
-else if (ROLE === "dispatch") await runDispatchPassThrough(process.argv[3]!);
-else if (ROLE === "portcullis") await runPortcullis(process.argv[3]!, process.argv[4]!, "info");
-else if (ROLE === "portcullis-quiet") await runPortcullis(process.argv[3]!, process.argv[4]!, "warn");
+if (ROLE === "upstream") await runServer(upstreamHandler);
+else if (ROLE === "stream") await runServer(streamPassThrough(passThroughPool(process.argv[3]!)));
+else if (ROLE === "dispatch") await runServer(dispatchPassThrough(passThroughPool(process.argv[3]!)));
+else if (ROLE === "portcullis")
+  await listen((await examplePortcullis(process.argv[3]!, process.argv[4]!, "info")).server);
+else if (ROLE === "portcullis-quiet")
+  await listen((await examplePortcullis(process.argv[3]!, process.argv[4]!, "warn")).server);
 else await main();

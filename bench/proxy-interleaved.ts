@@ -1,0 +1,190 @@
+// The proxy against the bare pass-throughs in ONE server process, under ONE wrk run: the server's
+// request handler changes every second (stream pass-through, dispatch pass-through, portcullis, in
+// turn) and each window's completed requests are counted. Neighbouring windows share the machine's
+// state of the moment, the process's JIT and GC and the very same client and upstream connections,
+// so the ratios are far steadier on a shared machine than those of bench/proxy.ts, whose servers
+// take turns minutes apart.
+//   npx node bench/proxy-interleaved.ts [--seconds 45]
+// The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's throughput.
+
+import { execFile, fork } from "node:child_process";
+import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import {
+  dispatchPassThrough,
+  examplePortcullis,
+  type Handler,
+  hasWrk,
+  passThroughPool,
+  streamPassThrough,
+  upstreamHandler,
+} from "./support/servers.ts";
+
+const MODES = ["pass-through (stream)", "pass-through (dispatch)", "portcullis"] as const;
+type Mode = (typeof MODES)[number];
+const WINDOW_MS = 1_000;
+const CONNECTIONS = 32;
+
+interface Ready {
+  port: number;
+}
+
+/** Requests per second of each window, in the order the windows ran. */
+type Windows = { mode: Mode; perSecond: number }[];
+
+async function listenOnLoopback(handler: Handler): Promise<number> {
+  const server = createServer({ keepAliveTimeout: 65_000 }, handler);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return (server.address() as AddressInfo).port;
+}
+
+// ---- child processes ------------------------------------------------------------------------------
+
+async function runUpstream(): Promise<void> {
+  const ready: Ready = { port: await listenOnLoopback(upstreamHandler) };
+  process.send?.(ready);
+}
+
+/** One server whose 'request' listener rotates through MODES until the parent asks for the counts. */
+async function runRotatingServer(upstream: string, issuer: string): Promise<void> {
+  const proxy = await examplePortcullis(upstream, issuer, "info");
+  const handlers: Record<Mode, Handler> = {
+    "pass-through (stream)": streamPassThrough(passThroughPool(upstream)),
+    "pass-through (dispatch)": dispatchPassThrough(passThroughPool(upstream)),
+    // The proxy's own listeners (request, and checkContinue, upgrade... which this load never uses).
+    portcullis: (req, res) => proxy.server.emit("request", req, res),
+  };
+  let mode: Mode = MODES[0];
+  let served = 0;
+  const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
+    served++;
+    handlers[mode](req, res);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const windows: Windows = [];
+  let turn = 0;
+  let started = performance.now();
+  let servedAtStart = 0;
+  const rotate = setInterval(() => {
+    const now = performance.now();
+    windows.push({ mode, perSecond: ((served - servedAtStart) * 1000) / (now - started) });
+    turn++;
+    mode = MODES[turn % MODES.length]!;
+    started = now;
+    servedAtStart = served;
+  }, WINDOW_MS);
+  process.on("message", (message: unknown) => {
+    if (message === "counts") {
+      clearInterval(rotate);
+      process.send?.(windows);
+    } else if (message === "reset") {
+      windows.length = 0;
+    } else if (message === "exit") {
+      process.exit(0);
+    }
+  });
+  const ready: Ready = { port: (server.address() as AddressInfo).port };
+  process.send?.(ready);
+}
+
+// ---- the parent ----------------------------------------------------------------------------------
+
+function wrk(port: number, seconds: number, token: string): Promise<void> {
+  return new Promise((resolve, reject) =>
+    execFile(
+      "wrk",
+      [
+        "-t1",
+        `-c${CONNECTIONS}`,
+        `-d${seconds}s`,
+        "-H",
+        `Authorization: Bearer ${token}`,
+        `http://127.0.0.1:${port}/orders`,
+      ],
+      (error) => (error ? reject(error) : resolve()),
+    ),
+  );
+}
+
+async function child(args: string[]): Promise<{ process: ReturnType<typeof fork>; port: number }> {
+  const process_ = fork(new URL(import.meta.url).pathname, args, {
+    stdio: ["ignore", "ignore", "inherit", "ipc"],
+  });
+  const [message] = (await once(process_, "message")) as [Ready];
+  return { process: process_, port: message.port };
+}
+
+const median = (sorted: readonly number[]) =>
+  sorted.length % 2 === 1
+    ? sorted[(sorted.length - 1) / 2]!
+    : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
+
+/**
+ * The ratio of `mode`'s windows to `baseline`'s, each window against the baseline windows just before
+ * and after it (their mean): what the machine did during those three seconds cancels out.
+ */
+function ratios(windows: Windows, mode: Mode, baseline: Mode): number[] {
+  const out: number[] = [];
+  windows.forEach((window, i) => {
+    if (window.mode !== mode) return;
+    const before = windows.slice(0, i).findLast((w) => w.mode === baseline);
+    const after = windows.slice(i + 1).find((w) => w.mode === baseline);
+    if (before && after) out.push(window.perSecond / ((before.perSecond + after.perSecond) / 2));
+  });
+  return out.sort((a, b) => a - b);
+}
+
+async function main(): Promise<void> {
+  const at = process.argv.indexOf("--seconds");
+  const seconds = at > 0 ? Number(process.argv[at + 1]) : 45;
+  if (!hasWrk()) {
+    console.log("bench/proxy-interleaved.ts: wrk is not installed (apt-get install -y wrk); skipped.");
+    return;
+  }
+  const { startIdentityProvider } = await import("../examples/idp.ts");
+  const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 3600 });
+  const token = await idp.token("reader");
+  const upstream = await child(["upstream"]);
+  const server = await child(["server", `http://127.0.0.1:${upstream.port}`, idp.issuer]);
+  try {
+    // Warm-up: JIT, connection pools, the token cache, for every mode.
+    await wrk(server.port, 6, token);
+    server.process.send("reset");
+    await wrk(server.port, seconds, token);
+    server.process.send("counts");
+    const [windows] = (await once(server.process, "message")) as [Windows];
+    console.log(
+      `node ${process.version}; one server, its handler rotated every ${WINDOW_MS} ms; wrk -t1 -c${CONNECTIONS} -d${seconds}s; GET /orders, RS256 bearer token; tiny node:http upstream`,
+    );
+    for (const mode of MODES) {
+      const rates = windows.filter((w) => w.mode === mode).map((w) => w.perSecond);
+      console.log(
+        `${mode.padEnd(24)} ${median([...rates].sort((a, b) => a - b))
+          .toFixed(0)
+          .padStart(7)} req/s (median of ${rates.length} windows)`,
+      );
+    }
+    console.log("ratios: median over windows [lowest-highest window], each against its neighbours");
+    for (const baseline of MODES.slice(0, 2)) {
+      const r = ratios(windows, "portcullis", baseline);
+      console.log(
+        `portcullis / ${baseline}: ${median(r).toFixed(2)}x req/s [${r[0]!.toFixed(2)}-${r.at(-1)!.toFixed(2)}]`,
+      );
+    }
+    console.log("budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's req/s");
+  } finally {
+    for (const { process: p } of [server, upstream]) {
+      if (p.connected) p.send("exit");
+      p.kill();
+    }
+    await idp.stop();
+  }
+}
+
+const role = process.argv[2];
+if (role === "upstream") await runUpstream();
+else if (role === "server") await runRotatingServer(process.argv[3]!, process.argv[4]!);
+else await main();

@@ -4,13 +4,17 @@
 // state of the moment, the process's JIT and GC and the very same client and upstream connections,
 // so the ratios are far steadier on a shared machine than those of bench/proxy.ts, whose servers
 // take turns minutes apart.
-//   npx node bench/proxy-interleaved.ts [--seconds 45]
+//   npx node bench/proxy-interleaved.ts [--seconds 45] [--node-options "<flags>"]
+// The server runs with the NODE_OPTIONS the operator gives a sidecar with the default memory limit
+// (its young generation's GC is part of every request's cost), unless --node-options says otherwise.
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's throughput.
 
 import { execFile, fork } from "node:child_process";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import { DEFAULT_SIDECAR_RESOURCES } from "../operator/config.ts";
+import { sidecarNodeOptions } from "../operator/sidecar.ts";
 import {
   dispatchPassThrough,
   examplePortcullis,
@@ -109,9 +113,13 @@ function wrk(port: number, seconds: number, token: string): Promise<void> {
   );
 }
 
-async function child(args: string[]): Promise<{ process: ReturnType<typeof fork>; port: number }> {
+async function child(
+  args: string[],
+  nodeOptions = "",
+): Promise<{ process: ReturnType<typeof fork>; port: number }> {
   const process_ = fork(new URL(import.meta.url).pathname, args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
+    execArgv: [...process.execArgv, ...nodeOptions.split(" ").filter(Boolean)],
   });
   const [message] = (await once(process_, "message")) as [Ready];
   return { process: process_, port: message.port };
@@ -138,8 +146,12 @@ function ratios(windows: Windows, mode: Mode, baseline: Mode): number[] {
 }
 
 async function main(): Promise<void> {
-  const at = process.argv.indexOf("--seconds");
-  const seconds = at > 0 ? Number(process.argv[at + 1]) : 45;
+  const flag = (name: string) => {
+    const at = process.argv.indexOf(name);
+    return at > 0 ? process.argv[at + 1] : undefined;
+  };
+  const seconds = Number(flag("--seconds") ?? 45);
+  const nodeOptions = flag("--node-options") ?? sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
   if (!hasWrk()) {
     console.log("bench/proxy-interleaved.ts: wrk is not installed (apt-get install -y wrk); skipped.");
     return;
@@ -148,7 +160,7 @@ async function main(): Promise<void> {
   const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 3600 });
   const token = await idp.token("reader");
   const upstream = await child(["upstream"]);
-  const server = await child(["server", `http://127.0.0.1:${upstream.port}`, idp.issuer]);
+  const server = await child(["server", `http://127.0.0.1:${upstream.port}`, idp.issuer], nodeOptions);
   try {
     // Warm-up: JIT, connection pools, the token cache, for every mode.
     await wrk(server.port, 6, token);
@@ -157,7 +169,7 @@ async function main(): Promise<void> {
     server.process.send("counts");
     const [windows] = (await once(server.process, "message")) as [Windows];
     console.log(
-      `node ${process.version}; one server, its handler rotated every ${WINDOW_MS} ms; wrk -t1 -c${CONNECTIONS} -d${seconds}s; GET /orders, RS256 bearer token; tiny node:http upstream`,
+      `node ${process.version}; one server (${nodeOptions || "Node's defaults"}), its handler rotated every ${WINDOW_MS} ms; wrk -t1 -c${CONNECTIONS} -d${seconds}s; GET /orders, RS256 bearer token; tiny node:http upstream`,
     );
     for (const mode of MODES) {
       const rates = windows.filter((w) => w.mode === mode).map((w) => w.perSecond);

@@ -134,13 +134,21 @@ export function matchRule(policy: CompiledPolicy, method: string, path: string):
   return policy.matchRule(method, path)?.rule;
 }
 
-export function readBearer(req: IncomingMessage, query: string, verifier: BearerVerifier): Credential {
-  return readCredential(req, query, verifier.knows);
+/** The request's bearer credential, with the cached verification of a token verified before. */
+export function readBearer(
+  req: IncomingMessage,
+  query: string,
+  verifier: BearerVerifier,
+): Credential<Verification> {
+  return readCredential(req, query, verifier.verifyCached);
 }
 
 /** A token verified before and still valid is answered at once, without a promise. */
-export function verifyBearer(verifier: BearerVerifier, token: string): Verification | Promise<Verification> {
-  return verifier.verifyCached(token) ?? verifier.verify(token);
+export function verifyBearer(
+  verifier: BearerVerifier,
+  bearer: { token: string; known?: Verification },
+): Verification | Promise<Verification> {
+  return bearer.known ?? verifier.verify(bearer.token);
 }
 
 export function authorizeRoles(
@@ -271,7 +279,7 @@ export function admit(
       problem,
     );
   }
-  const verification = verifyBearer(runtime.verifier, credential.token);
+  const verification = verifyBearer(runtime.verifier, credential);
   if (verification instanceof Promise) {
     return verification.then((verified) => admitVerified(ctx, policy, rule, req, exchange, verified));
   }

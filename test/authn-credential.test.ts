@@ -144,18 +144,20 @@ describe("readCredential", () => {
     expect(await credentialOf([`Authorization: Bearer ${" ".repeat(100)}${atLimit}`])).toEqual(tooLong);
   });
 
-  it("takes a token the verifier knows without scanning it, and scans every other one", () => {
+  it("takes a token the lookup finds without scanning it, with what was found, and scans every other one", () => {
     const asked: string[] = [];
-    const knowsToken = (token: string) => {
+    const found = { verified: true };
+    const lookup = (token: string) => {
       asked.push(token);
-      return token === TOKEN;
+      return token === TOKEN ? found : undefined;
     };
-    expect(parseAuthorization(`Bearer ${TOKEN}`, knowsToken)).toEqual({ kind: "bearer", token: TOKEN });
-    expect(parseAuthorization(`Bearer ${TOKEN}x`, knowsToken)).toEqual({
+    expect(parseAuthorization(`Bearer ${TOKEN}`, lookup)).toEqual({
       kind: "bearer",
-      token: `${TOKEN}x`,
+      token: TOKEN,
+      known: found,
     });
-    expect(parseAuthorization('Bearer "x"', knowsToken)).toEqual(malformed);
+    expect(parseAuthorization(`Bearer ${TOKEN}x`, lookup)).toEqual({ kind: "bearer", token: `${TOKEN}x` });
+    expect(parseAuthorization('Bearer "x"', lookup)).toEqual(malformed);
     expect(asked).toEqual([TOKEN, `${TOKEN}x`, '"x"']);
   });
 });

@@ -55,11 +55,10 @@ export interface BearerVerifier {
   verify(token: string): Promise<Verification>;
   /**
    * The verification of a token verified before and still valid now (exp, nbf and its key checked at
-   * every call), without a promise; undefined otherwise: then `verify` decides.
+   * every call), without a promise; undefined otherwise: then `verify` decides. A plain function: it
+   * may be passed on unbound (readCredential's lookup).
    */
   verifyCached(token: string): Verification | undefined;
-  /** `verifyCached(token)` found it: the token was verified before and still is valid. */
-  knows(token: string): boolean;
   /** Resolves when every issuer's key set has loaded once. */
   ready(): Promise<void>;
   isReady(): boolean;
@@ -219,7 +218,6 @@ export function createBearerVerifier(
 
   return {
     verifyCached,
-    knows: (token) => verifyCached(token) !== undefined,
     async verify(token) {
       if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
       const cached = verifyCached(token);

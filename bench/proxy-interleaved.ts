@@ -4,22 +4,22 @@
 // state of the moment, the process's JIT and GC and the very same client and upstream connections,
 // so the ratios are far steadier on a shared machine than those of bench/proxy.ts, whose servers
 // take turns minutes apart.
-//   npx node bench/proxy-interleaved.ts [--seconds 45] [--node-options "<flags>"]
-// The server runs with the NODE_OPTIONS the operator gives a sidecar with the default memory limit
-// (its young generation's GC is part of every request's cost), unless --node-options says otherwise.
+//   npx node bench/proxy-interleaved.ts [--seconds 45] [--node-options "<flags and NAME=value>"]
+// The server runs with the runtime settings the operator gives a sidecar with the default memory limit
+// (MALLOC_ARENA_MAX, NODE_OPTIONS), unless --node-options says otherwise.
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's throughput.
 
 import { execFile, fork } from "node:child_process";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { DEFAULT_SIDECAR_RESOURCES } from "../operator/config.ts";
-import { sidecarNodeOptions } from "../operator/sidecar.ts";
 import {
+  deployedSettings,
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
   hasWrk,
+  parseRuntimeSettings,
   passThroughPool,
   streamPassThrough,
   upstreamHandler,
@@ -115,11 +115,13 @@ function wrk(port: number, seconds: number, token: string): Promise<void> {
 
 async function child(
   args: string[],
-  nodeOptions = "",
+  settings = "",
 ): Promise<{ process: ReturnType<typeof fork>; port: number }> {
+  const { flags, env } = parseRuntimeSettings(settings);
   const process_ = fork(new URL(import.meta.url).pathname, args, {
     stdio: ["ignore", "ignore", "inherit", "ipc"],
-    execArgv: [...process.execArgv, ...nodeOptions.split(" ").filter(Boolean)],
+    execArgv: [...process.execArgv, ...flags],
+    env: { ...process.env, ...env },
   });
   const [message] = (await once(process_, "message")) as [Ready];
   return { process: process_, port: message.port };
@@ -151,7 +153,7 @@ async function main(): Promise<void> {
     return at > 0 ? process.argv[at + 1] : undefined;
   };
   const seconds = Number(flag("--seconds") ?? 45);
-  const nodeOptions = flag("--node-options") ?? sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
+  const nodeOptions = flag("--node-options") ?? deployedSettings();
   if (!hasWrk()) {
     console.log("bench/proxy-interleaved.ts: wrk is not installed (apt-get install -y wrk); skipped.");
     return;

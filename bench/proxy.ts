@@ -17,22 +17,22 @@
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through. Servers in separate processes
 // measured in turns see other tenants' load in turns too: read the budget from proxy-interleaved.ts.
 
-import { type ChildProcess, execFile, execFileSync, fork, spawn } from "node:child_process";
+import { type ChildProcess, execFile, execFileSync, fork } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { openSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
-import { parse, stringify } from "yaml";
-import { freePort } from "../examples/free-port.ts";
-import { DEFAULT_SIDECAR_RESOURCES } from "../operator/config.ts";
-import { sidecarNodeOptions } from "../operator/sidecar.ts";
 import {
+  type CompiledProxy,
+  compileProxy,
+  deployedSettings,
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
   hasWrk,
   passThroughPool,
+  startCompiledSidecar,
   streamPassThrough,
   upstreamHandler,
 } from "./support/servers.ts";
@@ -130,50 +130,16 @@ async function start(kind: ServerKind, args: string[] = []): Promise<Child> {
   return { kind, label: LABELS[kind], process: child, port: message.port };
 }
 
-/**
- * The sidecar as deployed: `npm run build` output, run without type stripping, with the operator's
- * NODE_OPTIONS for its default memory limit.
- */
 async function startSidecar(
-  built: string,
+  built: CompiledProxy,
   upstream: string,
   issuer: string,
-  nodeOptions: string,
+  settings: string,
 ): Promise<Child> {
-  const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
-  document.spec.authentication.issuers[0].issuer = issuer;
-  const [port, admin] = [await freePort(), await freePort()];
-  const policyFile = `${built}/policy-${port}.yaml`;
-  writeFileSync(policyFile, stringify(document));
-  // `NAME=value` words are environment variables (MALLOC_ARENA_MAX=2), the others node flags.
-  const words = nodeOptions.split(" ").filter(Boolean);
-  const env = Object.fromEntries(
-    words.filter((word) => /^[A-Z_]+=/.test(word)).map((word) => word.split(/=(.*)/s).slice(0, 2)),
-  );
-  const child = spawn(
-    process.execPath,
-    [
-      ...words.filter((word) => !/^[A-Z_]+=/.test(word)),
-      `${built}/proxy/main.js`,
-      ...["--policy", policyFile, "--upstream", upstream],
-      ...["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`],
-    ],
-    // Its access log goes where the other servers' go.
-    { stdio: ["ignore", openSync("/dev/null", "w"), "inherit"], env: { ...process.env, ...env } },
-  );
-  // Ready once the issuer's keys are loaded and the upstream answers.
-  for (let attempt = 0; ; attempt++) {
-    const ready = await fetch(`http://127.0.0.1:${admin}/readyz`).then(
-      (r) => r.ok,
-      () => false,
-    );
-    if (ready) break;
-    if (attempt > 100 || child.exitCode !== null) throw new Error("the sidecar did not become ready");
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  const sidecar = await startCompiledSidecar(built, upstream, issuer, settings);
   const label =
-    nodeOptions === DEPLOYED_NODE_OPTIONS ? LABELS.sidecar : `sidecar ${nodeOptions || "(Node defaults)"}`;
-  return { kind: "sidecar", label, process: child, port };
+    settings === DEPLOYED_NODE_OPTIONS ? LABELS.sidecar : `sidecar ${settings || "(Node defaults)"}`;
+  return { kind: "sidecar", label, process: sidecar.process, port: sidecar.port };
 }
 
 // ---- measuring a child from /proc -----------------------------------------------------------------
@@ -229,7 +195,7 @@ function mean(results: readonly Result[], pick: (r: Result) => number): number {
 }
 
 /** What the operator sets for a sidecar with the default memory limit. */
-const DEPLOYED_NODE_OPTIONS = sidecarNodeOptions(DEFAULT_SIDECAR_RESOURCES.limits.memory);
+const DEPLOYED_NODE_OPTIONS = deployedSettings();
 
 const LABELS: Record<ServerKind, string> = {
   upstream: "upstream",
@@ -262,15 +228,7 @@ async function main(): Promise<void> {
   const token = await idp.token("reader");
   const upstream = await start("upstream");
   const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
-  // Inside the repository, so the compiled files resolve node_modules.
-  const built = mkdtempSync(new URL("../.build-bench-", import.meta.url).pathname);
-  execFileSync(
-    process.execPath,
-    ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json", "--outDir", built],
-    {
-      cwd: new URL("..", import.meta.url).pathname,
-    },
-  );
+  const built = compileProxy();
   const servers = [
     await start("stream", [upstreamUrl]),
     await start("dispatch", [upstreamUrl]),
@@ -380,7 +338,7 @@ async function main(): Promise<void> {
       }),
     );
     await idp.stop();
-    rmSync(built, { recursive: true, force: true });
+    built.remove();
   }
 }
 

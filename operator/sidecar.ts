@@ -100,13 +100,18 @@ export function drainSeconds(graceSeconds: number | undefined, marginSeconds: nu
 }
 
 /**
- * V8's young generation, per semi-space: 1/32 of the memory limit, within these bounds. Node's default
- * (16 MiB) let the proxy's private memory reach ~180 MiB under load; 4 MiB holds it near 75 MiB. What
- * a smaller one costs is garbage collection on the main thread, measured under load with the proxy's
- * CPU profile: ~5.5 us per request at 4 MiB, ~3.3 at 8, ~1.5 at Node's default. A larger limit buys
- * the faster setting.
+ * V8's young generation, per semi-space. Node's default (16 MiB) let the proxy's private memory reach
+ * ~85 MiB under load against ~65 MiB at 4 MiB, and was slower too: two compiled sidecars loaded side
+ * by side (bench/sidecar-settings.ts) served 0.87-0.95x at 16 MiB and 0.87-0.97x at 8 MiB of what
+ * they served at 4 MiB (a young generation that stays in the CPU's caches). 2 MiB measured no better.
  */
-export const SIDECAR_SEMI_SPACE_MIB = { min: 4, max: 16 } as const;
+export const SIDECAR_SEMI_SPACE_MIB = 4;
+/**
+ * glibc's malloc arenas: by default up to 8 per core, one per thread that allocates (V8's GC and
+ * compiler threads, libuv's pool). Two held the loaded sidecar's private memory ~6 MiB lower at the
+ * same throughput (1.00-1.05x side by side).
+ */
+export const SIDECAR_MALLOC_ARENA_MAX = 2;
 /** The old generation gets half the memory limit, never less than this (the proxy's live heap is ~20 MiB). */
 export const SIDECAR_MIN_OLD_SPACE_MIB = 48;
 
@@ -138,18 +143,26 @@ export function memoryBytes(quantity: string | number): number | undefined {
 }
 
 /**
- * NODE_OPTIONS for the sidecar: a young generation and an old generation sized to the memory limit (as
- * JVMs size their heap to a container's), so a loaded proxy collects garbage before the kernel kills
- * it. Without a limit, the smallest young generation, and V8 sizes the old generation itself.
+ * NODE_OPTIONS for the sidecar: a small young generation, and an old generation sized to the memory
+ * limit (as JVMs size their heap to a container's), so a loaded proxy collects garbage before the
+ * kernel kills it. Without a limit, V8 sizes the old generation itself.
  */
 export function sidecarNodeOptions(memoryLimit: string | number | undefined): string {
+  const flags = [`--max-semi-space-size=${SIDECAR_SEMI_SPACE_MIB}`];
   const bytes = memoryLimit === undefined ? undefined : memoryBytes(memoryLimit);
-  if (bytes === undefined) return `--max-semi-space-size=${SIDECAR_SEMI_SPACE_MIB.min}`;
-  const mib = bytes / 2 ** 20;
-  const { min, max } = SIDECAR_SEMI_SPACE_MIB;
-  const semiSpace = Math.min(max, Math.max(min, Math.floor(mib / 32)));
-  const oldSpace = Math.max(SIDECAR_MIN_OLD_SPACE_MIB, Math.floor(mib / 2));
-  return `--max-semi-space-size=${semiSpace} --max-old-space-size=${oldSpace}`;
+  if (bytes !== undefined) {
+    const oldSpace = Math.max(SIDECAR_MIN_OLD_SPACE_MIB, Math.floor(bytes / 2 ** 20 / 2));
+    flags.push(`--max-old-space-size=${oldSpace}`);
+  }
+  return flags.join(" ");
+}
+
+/** The runtime's settings for a sidecar with this memory limit: malloc's arenas, then V8's heap. */
+export function sidecarRuntimeEnv(memoryLimit: string | number | undefined): V1EnvVar[] {
+  return [
+    { name: "MALLOC_ARENA_MAX", value: String(SIDECAR_MALLOC_ARENA_MAX) },
+    { name: "NODE_OPTIONS", value: sidecarNodeOptions(memoryLimit) },
+  ];
 }
 
 /** The proxy's executable in the image (Dockerfile: a link on PATH). */
@@ -186,7 +199,7 @@ export function sidecarContainer(
       `0.0.0.0:${spec.sidecar.adminPort}`,
     ],
     env: [
-      { name: "NODE_OPTIONS", value: sidecarNodeOptions(resources.limits?.memory) },
+      ...sidecarRuntimeEnv(resources.limits?.memory),
       { name: "PORTCULLIS_DRAIN_SECONDS", value: String(settings.drainSeconds) },
       { name: "PORTCULLIS_LOG_LEVEL", value: spec.sidecar.logLevel ?? config.sidecarLogLevel },
       ...redisUrlEnv(config),

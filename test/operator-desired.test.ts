@@ -354,6 +354,7 @@ describe("the sidecar on a selected Deployment", () => {
     expect(c.volumeMounts).toEqual([{ name: POLICY_VOLUME, mountPath: "/etc/portcullis", readOnly: true }]);
     expect(c.env).toEqual([
       // The policy's memory limit is 96Mi: half of it for the old generation, but never under 48.
+      { name: "MALLOC_ARENA_MAX", value: "2" },
       { name: "NODE_OPTIONS", value: "--max-semi-space-size=4 --max-old-space-size=48" },
       { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
       { name: "PORTCULLIS_LOG_LEVEL", value: "info" },
@@ -370,13 +371,11 @@ describe("the sidecar on a selected Deployment", () => {
         (e) => e.name === "NODE_OPTIONS",
       )?.value;
     };
-    // The young generation takes 1/32 of the limit per semi-space, 4 to 16 MiB.
-    expect(withLimit("128Mi")).toBe("--max-semi-space-size=4 --max-old-space-size=64");
-    expect(withLimit("512Mi")).toBe("--max-semi-space-size=16 --max-old-space-size=256");
-    expect(withLimit("1Gi")).toBe("--max-semi-space-size=16 --max-old-space-size=512");
-    expect(withLimit("0.5Gi")).toBe("--max-semi-space-size=16 --max-old-space-size=256");
-    expect(withLimit("400M")).toBe("--max-semi-space-size=11 --max-old-space-size=190");
-    expect(withLimit(268435456)).toBe("--max-semi-space-size=8 --max-old-space-size=128");
+    expect(withLimit("512Mi")).toBe("--max-semi-space-size=4 --max-old-space-size=256");
+    expect(withLimit("1Gi")).toBe("--max-semi-space-size=4 --max-old-space-size=512");
+    expect(withLimit("0.5Gi")).toBe("--max-semi-space-size=4 --max-old-space-size=256");
+    expect(withLimit("400M")).toBe("--max-semi-space-size=4 --max-old-space-size=190");
+    expect(withLimit(268435456)).toBe("--max-semi-space-size=4 --max-old-space-size=128");
     expect(withLimit("32Mi")).toBe("--max-semi-space-size=4 --max-old-space-size=48");
     // No limit at all: V8 sizes the old generation from the node's memory itself.
     expect(withLimit(undefined)).toBe("--max-semi-space-size=4");
@@ -440,6 +439,7 @@ describe("the sidecar on a selected Deployment", () => {
     const shared = desired(input(), withRedis);
     const c = sidecarOf(shared);
     expect(c.env).toEqual([
+      { name: "MALLOC_ARENA_MAX", value: "2" },
       { name: "NODE_OPTIONS", value: "--max-semi-space-size=4 --max-old-space-size=48" },
       { name: "PORTCULLIS_DRAIN_SECONDS", value: "25" },
       { name: "PORTCULLIS_LOG_LEVEL", value: "info" },

@@ -1,11 +1,14 @@
 // The servers the proxy benchmarks load, as request handlers: a tiny upstream, two bare node:http +
 // undici pass-throughs (Pool.stream and Pool.dispatch) and the proxy with the example policy.
 
-import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Pool } from "undici";
-import { parse } from "yaml";
+import { parse, stringify } from "yaml";
+import { freePort } from "../../examples/free-port.ts";
+import { DEFAULT_SIDECAR_RESOURCES } from "../../operator/config.ts";
+import { sidecarRuntimeEnv } from "../../operator/sidecar.ts";
 import { DEFAULT_UPSTREAM_CONNECTIONS } from "../../proxy/forward.ts";
 import type { ProxyServer } from "../../proxy/server.ts";
 
@@ -175,4 +178,91 @@ export function hasWrk(): boolean {
     // wrk --version exits 1 after printing its version.
     return (error as { status?: number }).status === 1;
   }
+}
+
+/**
+ * Runtime settings as the benchmarks take them on their command lines: node flags and `NAME=value`
+ * environment variables in one string, e.g. "MALLOC_ARENA_MAX=2 --max-semi-space-size=4".
+ */
+export interface RuntimeSettings {
+  flags: string[];
+  env: Record<string, string>;
+}
+
+export function parseRuntimeSettings(words: string): RuntimeSettings {
+  const settings: RuntimeSettings = { flags: [], env: {} };
+  for (const word of words.split(" ").filter(Boolean)) {
+    const assignment = /^([A-Z_]+)=(.*)$/s.exec(word);
+    if (assignment) settings.env[assignment[1]!] = assignment[2]!;
+    else settings.flags.push(word);
+  }
+  return settings;
+}
+
+/** What the operator sets for a sidecar with the default memory limit, in that form. */
+export function deployedSettings(): string {
+  return sidecarRuntimeEnv(DEFAULT_SIDECAR_RESOURCES.limits.memory)
+    .map(({ name, value }) => (name === "NODE_OPTIONS" ? value : `${name}=${value}`))
+    .join(" ");
+}
+
+/** `npm run build`'s output in a directory of its own, inside the repository (so it resolves node_modules). */
+export interface CompiledProxy {
+  dir: string;
+  remove(): void;
+}
+
+export function compileProxy(): CompiledProxy {
+  const root = new URL("../..", import.meta.url).pathname;
+  const dir = mkdtempSync(`${root}.build-bench-`);
+  execFileSync(
+    process.execPath,
+    ["node_modules/typescript/bin/tsc", "-p", "tsconfig.build.json", "--outDir", dir],
+    {
+      cwd: root,
+    },
+  );
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * The sidecar as deployed: the compiled proxy/main.js, run without type stripping, with the example
+ * policy and the given runtime settings (see parseRuntimeSettings); resolves once it is ready.
+ */
+export async function startCompiledSidecar(
+  built: CompiledProxy,
+  upstream: string,
+  issuer: string,
+  settings: string,
+): Promise<{ process: ChildProcess; port: number }> {
+  const document = parse(
+    readFileSync(new URL("../../examples/fastapi/policy.yaml", import.meta.url), "utf8"),
+  );
+  document.spec.authentication.issuers[0].issuer = issuer;
+  const [port, admin] = [await freePort(), await freePort()];
+  const policyFile = `${built.dir}/policy-${port}.yaml`;
+  writeFileSync(policyFile, stringify(document));
+  const { flags, env } = parseRuntimeSettings(settings);
+  const child = spawn(
+    process.execPath,
+    [
+      ...flags,
+      `${built.dir}/proxy/main.js`,
+      ...["--policy", policyFile, "--upstream", upstream],
+      ...["--listen", `127.0.0.1:${port}`, "--admin", `127.0.0.1:${admin}`],
+    ],
+    // The access log goes where a container's stdout would: written, never read here.
+    { stdio: ["ignore", openSync("/dev/null", "w"), "inherit"], env: { ...process.env, ...env } },
+  );
+  // Ready once the issuer's keys are loaded and the upstream answers.
+  for (let attempt = 0; ; attempt++) {
+    const ready = await fetch(`http://127.0.0.1:${admin}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ready) break;
+    if (attempt > 100 || child.exitCode !== null) throw new Error("the sidecar did not become ready");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return { process: child, port };
 }

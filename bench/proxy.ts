@@ -13,7 +13,8 @@
 //                            header hygiene, identity headers, JSON access log to stdout, metrics
 //   portcullis, log off      the same at log level warn: what the access log costs
 //   sidecar (deployed)       the compiled proxy/main.js (npm run build, what the image runs) with the
-//                            NODE_OPTIONS the operator sets for the default memory limit
+//                            runtime settings (MALLOC_ARENA_MAX, NODE_OPTIONS) the operator sets for the
+//                            default memory limit
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through. Servers in separate processes
 // measured in turns see other tenants' load in turns too: read the budget from proxy-interleaved.ts.
 

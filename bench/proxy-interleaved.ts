@@ -9,7 +9,7 @@
 // (MALLOC_ARENA_MAX, NODE_OPTIONS), unless --node-options says otherwise.
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through's throughput.
 
-import { execFile, fork } from "node:child_process";
+import { fork } from "node:child_process";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -18,17 +18,16 @@ import {
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
-  hasWrk,
   parseRuntimeSettings,
   passThroughPool,
   streamPassThrough,
   upstreamHandler,
 } from "./support/servers.ts";
+import { hasWrk, WRK_CONNECTIONS, wrk } from "./support/wrk.ts";
 
 const MODES = ["pass-through (stream)", "pass-through (dispatch)", "portcullis"] as const;
 type Mode = (typeof MODES)[number];
 const WINDOW_MS = 1_000;
-const CONNECTIONS = 32;
 
 interface Ready {
   port: number;
@@ -96,23 +95,6 @@ async function runRotatingServer(upstream: string, issuer: string): Promise<void
 
 // ---- the parent ----------------------------------------------------------------------------------
 
-function wrk(port: number, seconds: number, token: string): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(
-      "wrk",
-      [
-        "-t1",
-        `-c${CONNECTIONS}`,
-        `-d${seconds}s`,
-        "-H",
-        `Authorization: Bearer ${token}`,
-        `http://127.0.0.1:${port}/orders`,
-      ],
-      (error) => (error ? reject(error) : resolve()),
-    ),
-  );
-}
-
 async function child(
   args: string[],
   settings = "",
@@ -165,13 +147,13 @@ async function main(): Promise<void> {
   const server = await child(["server", `http://127.0.0.1:${upstream.port}`, idp.issuer], nodeOptions);
   try {
     // Warm-up: JIT, connection pools, the token cache, for every mode.
-    await wrk(server.port, 6, token);
+    await wrk(`http://127.0.0.1:${server.port}/orders`, 6, token);
     server.process.send("reset");
-    await wrk(server.port, seconds, token);
+    await wrk(`http://127.0.0.1:${server.port}/orders`, seconds, token);
     server.process.send("counts");
     const [windows] = (await once(server.process, "message")) as [Windows];
     console.log(
-      `node ${process.version}; one server (${nodeOptions || "Node's defaults"}), its handler rotated every ${WINDOW_MS} ms; wrk -t1 -c${CONNECTIONS} -d${seconds}s; GET /orders, RS256 bearer token; tiny node:http upstream`,
+      `node ${process.version}; one server (${nodeOptions || "Node's defaults"}), its handler rotated every ${WINDOW_MS} ms; wrk -t1 -c${WRK_CONNECTIONS} -d${seconds}s; GET /orders, RS256 bearer token; tiny node:http upstream`,
     );
     for (const mode of MODES) {
       const rates = windows.filter((w) => w.mode === mode).map((w) => w.perSecond);

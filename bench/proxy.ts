@@ -18,7 +18,7 @@
 // The budget (ARCHITECTURE.md): portcullis >= 0.90x the bare pass-through. Servers in separate processes
 // measured in turns see other tenants' load in turns too: read the budget from proxy-interleaved.ts.
 
-import { type ChildProcess, execFile, execFileSync, fork } from "node:child_process";
+import { type ChildProcess, execFileSync, fork } from "node:child_process";
 import { once } from "node:events";
 import { openSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
@@ -31,15 +31,14 @@ import {
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
-  hasWrk,
   passThroughPool,
   startCompiledSidecar,
   streamPassThrough,
   upstreamHandler,
 } from "./support/servers.ts";
+import { hasWrk, type Measurement, WRK_CONNECTIONS, wrk } from "./support/wrk.ts";
 
 const ROLE = process.argv[2];
-const CONNECTIONS = 32;
 
 type ServerKind = "upstream" | "stream" | "dispatch" | "portcullis" | "portcullis-quiet" | "sidecar";
 
@@ -70,43 +69,6 @@ async function runServer(handler: Handler): Promise<void> {
 }
 
 // ---- the parent: load generator and report ----------------------------------------------------------
-
-interface Measurement {
-  requestsPerSecond: number;
-  requests: number;
-  p50Ms: number;
-  p99Ms: number;
-  errors: number;
-}
-
-function toMs(value: string): number {
-  const match = /^([\d.]+)(us|ms|s)$/.exec(value.trim());
-  if (!match) return Number.NaN;
-  const n = Number(match[1]);
-  return match[2] === "us" ? n / 1000 : match[2] === "s" ? n * 1000 : n;
-}
-
-async function wrk(url: string, seconds: number, token: string): Promise<Measurement> {
-  const output = await new Promise<string>((resolve, reject) =>
-    execFile(
-      "wrk",
-      ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--latency", "-H", `Authorization: Bearer ${token}`, url],
-      { encoding: "utf8" },
-      (error, stdout) => (error ? reject(error) : resolve(stdout)),
-    ),
-  );
-  const requests = Number(/(\d+) requests in/.exec(output)?.[1]);
-  const errors =
-    Number(/Non-2xx or 3xx responses: (\d+)/.exec(output)?.[1] ?? 0) +
-    [...output.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((sum, m) => sum + Number(m[2]), 0);
-  return {
-    requests,
-    requestsPerSecond: Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]),
-    p50Ms: toMs(/\s50%\s+(\S+)/.exec(output)?.[1] ?? ""),
-    p99Ms: toMs(/\s99%\s+(\S+)/.exec(output)?.[1] ?? ""),
-    errors,
-  };
-}
 
 interface Child {
   kind: ServerKind;
@@ -253,7 +215,7 @@ async function main(): Promise<void> {
       for (const server of servers) results.get(server.label)!.push(await measure(server, seconds, token));
     }
     console.log(
-      `node ${process.version}, ${availableParallelism()} CPUs; wrk -t1 -c${CONNECTIONS} -d${seconds}s x ${rounds} round(s); GET /orders, RS256 bearer token; tiny node:http upstream`,
+      `node ${process.version}, ${availableParallelism()} CPUs; wrk -t1 -c${WRK_CONNECTIONS} -d${seconds}s x ${rounds} round(s); GET /orders, RS256 bearer token; tiny node:http upstream`,
     );
     const widths = [Math.max(24, ...servers.map((s) => s.label.length)), 8, 7, 7, 11, 12, 9, 13, 7];
     console.log(

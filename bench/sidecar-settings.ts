@@ -6,42 +6,21 @@
 //   npx node bench/sidecar-settings.ts [--a "<settings>"] [--b "<settings>"] [--rounds 4] [--seconds 10]
 // Default: A is what the operator sets for the default memory limit, B is Node's defaults ("").
 
-import { execFile } from "node:child_process";
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import {
-  compileProxy,
-  deployedSettings,
-  hasWrk,
-  startCompiledSidecar,
-  upstreamHandler,
-} from "./support/servers.ts";
-
-const CONNECTIONS = 32;
+import { compileProxy, deployedSettings, startCompiledSidecar, upstreamHandler } from "./support/servers.ts";
+import { hasWrk, WRK_CONNECTIONS, wrk } from "./support/wrk.ts";
 
 function flag(name: string): string | undefined {
   const at = process.argv.indexOf(name);
   return at > 0 ? process.argv[at + 1] : undefined;
 }
 
-function wrk(port: number, seconds: number, token: string): Promise<number> {
-  return new Promise((resolve, reject) =>
-    execFile(
-      "wrk",
-      [
-        "-t1",
-        `-c${CONNECTIONS}`,
-        `-d${seconds}s`,
-        "-H",
-        `Authorization: Bearer ${token}`,
-        `http://127.0.0.1:${port}/orders`,
-      ],
-      { encoding: "utf8" },
-      (error, stdout) => (error ? reject(error) : resolve(Number(/(\d+) requests in/.exec(stdout)?.[1]))),
-    ),
-  );
+/** Requests served on `port` in `seconds`. */
+async function served(port: number, seconds: number, token: string): Promise<number> {
+  return (await wrk(`http://127.0.0.1:${port}/orders`, seconds, token)).requests;
 }
 
 /** Private (anonymous) memory of a process: V8's heap and malloc, not the binary's shared pages. */
@@ -68,7 +47,7 @@ async function main(): Promise<void> {
   const built = compileProxy();
   const label = (settings: string) => settings || "(Node defaults)";
   console.log(
-    `node ${process.version}; two compiled sidecars side by side, each under wrk -t1 -c${CONNECTIONS} -d${seconds}s, ${rounds} rounds, ports swapped each round`,
+    `node ${process.version}; two compiled sidecars side by side, each under wrk -t1 -c${WRK_CONNECTIONS} -d${seconds}s, ${rounds} rounds, ports swapped each round`,
   );
   console.log(`A: ${label(a)}\nB: ${label(b)}`);
   const ratios: number[] = [];
@@ -80,10 +59,10 @@ async function main(): Promise<void> {
       const one = await startCompiledSidecar(built, upstream, idp.issuer, first);
       const two = await startCompiledSidecar(built, upstream, idp.issuer, second);
       try {
-        await Promise.all([wrk(one.port, 3, token), wrk(two.port, 3, token)]);
+        await Promise.all([served(one.port, 3, token), served(two.port, 3, token)]);
         const [servedOne, servedTwo] = await Promise.all([
-          wrk(one.port, seconds, token),
-          wrk(two.port, seconds, token),
+          served(one.port, seconds, token),
+          served(two.port, seconds, token),
         ]);
         const [servedA, servedB] = first === a ? [servedOne, servedTwo] : [servedTwo, servedOne];
         const [memA, memB] = (first === a ? [one, two] : [two, one]).map((s) => privateMiB(s.process.pid!));

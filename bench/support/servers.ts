@@ -169,17 +169,6 @@ export async function examplePortcullis(
   });
 }
 
-/** The load generator, from apt (`wrk`); the benchmarks that need it skip themselves without it. */
-export function hasWrk(): boolean {
-  try {
-    execFileSync("wrk", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch (error) {
-    // wrk --version exits 1 after printing its version.
-    return (error as { status?: number }).status === 1;
-  }
-}
-
 /**
  * Runtime settings as the benchmarks take them on their command lines: node flags and `NAME=value`
  * environment variables in one string, e.g. "MALLOC_ARENA_MAX=2 --max-semi-space-size=4".

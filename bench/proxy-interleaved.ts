@@ -12,12 +12,13 @@
 import { fork } from "node:child_process";
 import { once } from "node:events";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { median } from "./support/median.ts";
 import {
   deployedSettings,
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
+  listenOnLoopback,
   parseRuntimeSettings,
   passThroughPool,
   streamPassThrough,
@@ -36,17 +37,10 @@ interface Ready {
 /** Requests per second of each window, in the order the windows ran. */
 type Windows = { mode: Mode; perSecond: number }[];
 
-async function listenOnLoopback(handler: Handler): Promise<number> {
-  const server = createServer({ keepAliveTimeout: 65_000 }, handler);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  return (server.address() as AddressInfo).port;
-}
-
 // ---- child processes ------------------------------------------------------------------------------
 
 async function runUpstream(): Promise<void> {
-  const ready: Ready = { port: await listenOnLoopback(upstreamHandler) };
+  const ready: Ready = { port: await listenOnLoopback(createServer(upstreamHandler)) };
   process.send?.(ready);
 }
 
@@ -61,12 +55,12 @@ async function runRotatingServer(upstream: string, issuer: string): Promise<void
   };
   let mode: Mode = MODES[0];
   let served = 0;
-  const server = createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
-    served++;
-    handlers[mode](req, res);
-  });
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
+  const port = await listenOnLoopback(
+    createServer((req, res) => {
+      served++;
+      handlers[mode](req, res);
+    }),
+  );
   const windows: Windows = [];
   let turn = 0;
   let started = performance.now();
@@ -89,7 +83,7 @@ async function runRotatingServer(upstream: string, issuer: string): Promise<void
       process.exit(0);
     }
   });
-  const ready: Ready = { port: (server.address() as AddressInfo).port };
+  const ready: Ready = { port };
   process.send?.(ready);
 }
 
@@ -108,11 +102,6 @@ async function child(
   const [message] = (await once(process_, "message")) as [Ready];
   return { process: process_, port: message.port };
 }
-
-const median = (sorted: readonly number[]) =>
-  sorted.length % 2 === 1
-    ? sorted[(sorted.length - 1) / 2]!
-    : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
 
 /**
  * The ratio of `mode`'s windows to `baseline`'s, each window against the baseline windows just before
@@ -158,7 +147,7 @@ async function main(): Promise<void> {
     for (const mode of MODES) {
       const rates = windows.filter((w) => w.mode === mode).map((w) => w.perSecond);
       console.log(
-        `${mode.padEnd(24)} ${median([...rates].sort((a, b) => a - b))
+        `${mode.padEnd(24)} ${median(rates)
           .toFixed(0)
           .padStart(7)} req/s (median of ${rates.length} windows)`,
       );

@@ -21,9 +21,9 @@
 import { type ChildProcess, execFileSync, fork } from "node:child_process";
 import { once } from "node:events";
 import { openSync, readFileSync } from "node:fs";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer, type Server } from "node:http";
 import { availableParallelism } from "node:os";
+import { median } from "./support/median.ts";
 import {
   type CompiledProxy,
   compileProxy,
@@ -31,6 +31,7 @@ import {
   dispatchPassThrough,
   examplePortcullis,
   type Handler,
+  listenOnLoopback,
   passThroughPool,
   startCompiledSidecar,
   streamPassThrough,
@@ -55,11 +56,8 @@ function exitOnRequest(): void {
   });
 }
 
-async function listen(server: ReturnType<typeof createServer>): Promise<void> {
-  server.keepAliveTimeout = 65_000;
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const ready: Ready = { port: (server.address() as AddressInfo).port };
+async function listen(server: Server): Promise<void> {
+  const ready: Ready = { port: await listenOnLoopback(server) };
   process.send?.(ready);
   exitOnRequest();
 }
@@ -101,7 +99,7 @@ async function startSidecar(
 ): Promise<Child> {
   const sidecar = await startCompiledSidecar(built, upstream, issuer, settings);
   const label =
-    settings === DEPLOYED_NODE_OPTIONS ? LABELS.sidecar : `sidecar ${settings || "(Node defaults)"}`;
+    settings === DEPLOYED_SETTINGS ? LABELS.sidecar : `sidecar ${settings || "(Node defaults)"}`;
   return { kind: "sidecar", label, process: sidecar.process, port: sidecar.port };
 }
 
@@ -158,7 +156,7 @@ function mean(results: readonly Result[], pick: (r: Result) => number): number {
 }
 
 /** What the operator sets for a sidecar with the default memory limit. */
-const DEPLOYED_NODE_OPTIONS = deployedSettings();
+const DEPLOYED_SETTINGS = deployedSettings();
 
 const LABELS: Record<ServerKind, string> = {
   upstream: "upstream",
@@ -203,7 +201,7 @@ async function main(): Promise<void> {
   const variants = process.argv.flatMap((arg, i) =>
     arg === "--sidecar-node-options" ? [process.argv[i + 1] ?? ""] : [],
   );
-  for (const nodeOptions of [DEPLOYED_NODE_OPTIONS, ...variants]) {
+  for (const nodeOptions of [DEPLOYED_SETTINGS, ...variants]) {
     servers.push(await startSidecar(built, upstreamUrl, idp.issuer, nodeOptions));
   }
   try {
@@ -260,10 +258,6 @@ async function main(): Promise<void> {
       const [a, b] = [results.get(label)!, results.get(baseline)!];
       return a.map((r, i) => pick(r) / pick(b[i]!)).sort((x, y) => x - y);
     };
-    const median = (sorted: readonly number[]) =>
-      sorted.length % 2 === 1
-        ? sorted[(sorted.length - 1) / 2]!
-        : (sorted[sorted.length / 2 - 1]! + sorted[sorted.length / 2]!) / 2;
     const ratios: [string, string][] = [
       [LABELS.portcullis, LABELS.stream],
       [LABELS.portcullis, LABELS.dispatch],

@@ -3,6 +3,7 @@
 //   npx node bench/rule-matcher.ts
 import { parsePathTemplate, starletteRegexSource } from "../policy/path-template.ts";
 import { compileRules, type RuleMatcher } from "../policy/rule-matcher.ts";
+import { median } from "./support/median.ts";
 
 interface BenchRule {
   name: string;
@@ -137,7 +138,6 @@ function compare(a: RuleMatcher<BenchRule>, b: RuleMatcher<BenchRule>, c: Case):
     ta.push(round(a, c, na));
     tb.push(round(b, c, nb));
   }
-  const median = (xs: number[]) => xs.sort((x, y) => x - y)[xs.length >> 1] ?? Number.NaN;
   return [median(ta), median(tb)];
 }
 

@@ -9,8 +9,14 @@
 import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import { compileProxy, deployedSettings, startCompiledSidecar, upstreamHandler } from "./support/servers.ts";
+import { median } from "./support/median.ts";
+import {
+  compileProxy,
+  deployedSettings,
+  listenOnLoopback,
+  startCompiledSidecar,
+  upstreamHandler,
+} from "./support/servers.ts";
 import { hasWrk, WRK_CONNECTIONS, wrk } from "./support/wrk.ts";
 
 function flag(name: string): string | undefined {
@@ -40,10 +46,8 @@ async function main(): Promise<void> {
   const { startIdentityProvider } = await import("../examples/idp.ts");
   const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 3600 });
   const token = await idp.token("reader");
-  const upstreamServer = createServer({ keepAliveTimeout: 65_000 }, upstreamHandler);
-  upstreamServer.listen(0, "127.0.0.1");
-  await once(upstreamServer, "listening");
-  const upstream = `http://127.0.0.1:${(upstreamServer.address() as AddressInfo).port}`;
+  const upstreamServer = createServer(upstreamHandler);
+  const upstream = `http://127.0.0.1:${await listenOnLoopback(upstreamServer)}`;
   const built = compileProxy();
   const label = (settings: string) => settings || "(Node defaults)";
   console.log(
@@ -76,12 +80,8 @@ async function main(): Promise<void> {
       }
     }
     ratios.sort((x, y) => x - y);
-    const median =
-      ratios.length % 2
-        ? ratios[ratios.length >> 1]!
-        : (ratios[ratios.length / 2 - 1]! + ratios[ratios.length / 2]!) / 2;
     console.log(
-      `A/B req/s: median ${median.toFixed(3)}x [${ratios[0]!.toFixed(3)}-${ratios.at(-1)!.toFixed(3)}]`,
+      `A/B req/s: median ${median(ratios).toFixed(3)}x [${ratios[0]!.toFixed(3)}-${ratios.at(-1)!.toFixed(3)}]`,
     );
   } finally {
     built.remove();

@@ -10,6 +10,7 @@ import { compilePolicy } from "../policy/compile.ts";
 import { validatePolicyObject } from "../policy/validate.ts";
 import { KeySetRegistry } from "../proxy/authn/key-set.ts";
 import { type BearerVerifier, createBearerVerifier } from "../proxy/authn/verify-bearer.ts";
+import { median } from "./support/median.ts";
 
 const ROUNDS = 7;
 const ROUND_MS = 300;
@@ -47,8 +48,6 @@ async function round(verifier: BearerVerifier, tokens: readonly string[], inFlig
   const { user, system } = process.cpuUsage(cpu);
   return { perSecond: done / seconds, cpuMicros: (user + system) / done };
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? Number.NaN;
 
 async function compare(alg: IdpSigningAlg, inFlight: number): Promise<void> {
   const idp = await startIdentityProvider({ signingAlg: alg, tokenTtlSeconds: 3600 });

@@ -2,8 +2,10 @@
 // undici pass-throughs (Pool.stream and Pool.dispatch) and the proxy with the example policy.
 
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import { Pool } from "undici";
 import { parse, stringify } from "yaml";
 import { freePort } from "../../examples/free-port.ts";
@@ -13,6 +15,17 @@ import { DEFAULT_UPSTREAM_CONNECTIONS } from "../../proxy/forward.ts";
 import type { ProxyServer } from "../../proxy/server.ts";
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
+
+/**
+ * Listens on a free loopback port, keep-alive above wrk's run (so no server closes a connection the
+ * load generator still uses); resolves to the port.
+ */
+export async function listenOnLoopback(server: Server): Promise<number> {
+  server.keepAliveTimeout = 65_000;
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return (server.address() as AddressInfo).port;
+}
 
 const UPSTREAM_BODY = Buffer.from('{"orders":[{"id":1,"item":"espresso beans"}]}');
 

@@ -98,8 +98,7 @@ async function startSidecar(
   settings: string,
 ): Promise<Child> {
   const sidecar = await startCompiledSidecar(built, upstream, issuer, settings);
-  const label =
-    settings === DEPLOYED_SETTINGS ? LABELS.sidecar : `sidecar ${settings || "(Node defaults)"}`;
+  const label = settings === DEPLOYED_SETTINGS ? LABELS.sidecar : `sidecar ${settings || "(Node defaults)"}`;
   return { kind: "sidecar", label, process: sidecar.process, port: sidecar.port };
 }
 

@@ -5,6 +5,9 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
+    // Builds or finds what the tests need beyond npm packages (Go-built Kubernetes, helm, Redis, the
+    // Python venv, the real node's Debian packages): minutes the first time, seconds after.
+    globalSetup: ["test/setup/prepare.ts"],
     pool: "forks",
     testTimeout: 60_000,
     hookTimeout: 240_000,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from Go modules into a cache outside the repository and
-# prints the directory holding them. Idempotent: returns at once when both binaries exist.
+# Builds the Kubernetes binaries (kube-apiserver for the API-server-only tests; kubelet,
+# kube-controller-manager, kube-scheduler and kube-proxy for the real node) and etcd from Go
+# modules into a cache outside the repository, and prints the directory holding them.
+# Idempotent: returns at once when every binary exists.
 #
 #   dir="$(test/controlplane/build.sh)"   # build logs go to stderr, only the dir to stdout
 #
@@ -11,10 +13,19 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
+k8s_binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 cache_root="${PORTCULLIS_CACHE:-$HOME/.cache/portcullis}/controlplane"
 out="$cache_root/k8s-${KUBERNETES_VERSION}-etcd-${ETCD_VERSION}"
 
-if [[ -x "$out/kube-apiserver" && -x "$out/etcd" ]]; then
+missing() {
+  local name
+  for name in "${k8s_binaries[@]}" etcd; do
+    [[ -x "$out/$name" ]] || { echo "$name"; return 0; }
+  done
+  return 1
+}
+
+if ! missing >/dev/null; then
   echo "$out"
   exit 0
 fi
@@ -29,7 +40,7 @@ require_pin() {
     exit 1
   fi
 }
-require_pin "$here/kube-apiserver/go.mod" "k8s.io/kubernetes" "v${KUBERNETES_VERSION}"
+require_pin "$here/kubernetes/go.mod" "k8s.io/kubernetes" "v${KUBERNETES_VERSION}"
 require_pin "$here/etcd/go.mod" "go.etcd.io/etcd/server/v3" "v${ETCD_VERSION}"
 
 command -v go >/dev/null || {
@@ -41,7 +52,7 @@ mkdir -p "$cache_root"
 # One build at a time per cache, even when several test runs start together.
 exec 9>"$cache_root/.build.lock"
 flock 9
-if [[ -x "$out/kube-apiserver" && -x "$out/etcd" ]]; then
+if ! missing >/dev/null; then
   echo "$out"
   exit 0
 fi
@@ -54,11 +65,17 @@ trap 'rm -rf "$scratch"' EXIT
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false -trimpath -p=${PORTCULLIS_BUILD_JOBS:-2}"
 started=$SECONDS
+mkdir -p "$out"
 
-if [[ ! -x "$out/kube-apiserver" ]]; then
-  log "building kube-apiserver v${KUBERNETES_VERSION} (takes many minutes on 2 cores)"
+todo=()
+for name in "${k8s_binaries[@]}"; do
+  [[ -x "$out/$name" ]] || todo+=("$name")
+done
+if ((${#todo[@]})); then
+  log "building ${todo[*]} v${KUBERNETES_VERSION} into $out"
+  log "  (one go build, so the shared packages compile once: ~6-7 min on 2 cores with a cold Go cache)"
   (
-    cd "$here/kube-apiserver"
+    cd "$here/kubernetes"
     # Upstream stamps the version with -X (hack/lib/version.sh); without it /version says
     # v0.0.0-master and version-gated code in clients would take the wrong branch.
     minor="${KUBERNETES_VERSION#*.}"
@@ -70,11 +87,12 @@ if [[ ! -x "$out/kube-apiserver" ]]; then
       x+=" -X ${pkg}.gitVersion=v${KUBERNETES_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
       x+=" -X ${pkg}.gitCommit= -X ${pkg}.gitTreeState=archive -X ${pkg}.buildDate=${build_date}"
     done
-    nice -n 10 go build -ldflags="-s -w${x}" -o "$scratch/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    pkgs=()
+    for name in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+    nice -n 10 go build -ldflags="-s -w${x}" -o "$scratch/" "${pkgs[@]}"
   )
-  mkdir -p "$out"
-  mv "$scratch/kube-apiserver" "$out/kube-apiserver"
-  log "kube-apiserver built after $((SECONDS - started)) s"
+  for name in "${todo[@]}"; do mv "$scratch/$name" "$out/$name"; done
+  log "kubernetes binaries built after $((SECONDS - started)) s"
 fi
 
 if [[ ! -x "$out/etcd" ]]; then
@@ -84,7 +102,6 @@ if [[ ! -x "$out/etcd" ]]; then
     nice -n 10 go build -ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=v${ETCD_VERSION}" \
       -o "$scratch/etcd" go.etcd.io/etcd/server/v3
   )
-  mkdir -p "$out"
   mv "$scratch/etcd" "$out/etcd"
   log "etcd built after $((SECONDS - started)) s"
 fi

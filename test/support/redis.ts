@@ -1,10 +1,12 @@
-// A real redis-server on a free loopback port, without persistence, for shared rate-limit tests.
+// A real redis-server (test/setup/prepare.ts installs it) on a free loopback port, without
+// persistence, for shared rate-limit tests.
 
 import { mkdtemp, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "../../examples/free-port.ts";
+import { redisServerBinary } from "../setup/cache.ts";
 import { type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
 
 export interface RedisServer {
@@ -39,7 +41,7 @@ export async function startRedis(): Promise<RedisServer> {
   const start = async () => {
     current = startSupervisedProcess(
       "redis-server",
-      "redis-server",
+      redisServerBinary(),
       ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
       join(dir, "redis.log"),
     );

@@ -158,3 +158,25 @@ export async function issueClientCertificate(
     ca,
   );
 }
+
+/** A serving certificate for these subjectAltNames (e.g. `IP:10.0.0.1`, `DNS:kubernetes`), signed by `ca`. */
+export async function issueServingCertificate(
+  dir: string,
+  ca: { certPath: string; keyPath: string },
+  fileName: string,
+  commonName: string,
+  subjectAltNames: readonly string[],
+): Promise<ClientCertificate> {
+  return signedCertificate(
+    dir,
+    fileName,
+    subject(commonName, []),
+    [
+      "basicConstraints=critical,CA:FALSE",
+      "keyUsage=critical,digitalSignature",
+      "extendedKeyUsage=serverAuth",
+      `subjectAltName=${subjectAltNames.join(",")}`,
+    ],
+    ca,
+  );
+}

@@ -1,0 +1,467 @@
+// The product on a real node: kubelet + containerd + runc run the project's image (built from its
+// Dockerfile) and the FastAPI example's; the operator is installed by the Helm chart and runs as two
+// pods under the chart's RBAC; real tokens from a real IdP (reached from inside the pods, over https
+// with a private CA) go through the Service's ClusterIP (kube-proxy) to the sidecar and the app.
+// Figures the scenarios measure are printed as `realnode:` lines.
+import { readFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { V1ConfigMap, V1Deployment, V1Pod, V1Service } from "@kubernetes/client-node";
+import { request } from "undici";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parse, parseAllDocuments } from "yaml";
+import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
+import { KubeClient, type KubeObject, resourcePath } from "../operator/kube-client.ts";
+import { NODE_IP, type RealNode, startRealNode } from "./realnode/cluster.ts";
+import { buildFastapiImage, buildPortcullisImage } from "./realnode/images.ts";
+import { type LoadReport, startLoad } from "./realnode/load.ts";
+import { issueControlPlanePki, issueServingCertificate } from "./support/controlplane-pki.ts";
+import { helm } from "./support/helm.ts";
+import {
+  create,
+  createNamespace,
+  eventually,
+  examplePolicy,
+  getOrUndefined,
+  isReady,
+  mergePatch,
+  PATHS,
+  type ServedPolicy,
+  userVisible,
+} from "./support/operator.ts";
+
+const ns = "shop";
+const name = "orders-api";
+const system = "portcullis-system";
+const root = join(import.meta.dirname, "..");
+
+let node: RealNode;
+let client: KubeClient;
+let idp: IdentityProvider;
+let pkiDir: string;
+let caBundle: string;
+let before: { deployment: unknown; service: unknown };
+let clusterIp: string;
+
+const figures: string[] = [];
+function figure(line: string): void {
+  figures.push(line);
+  process.stderr.write(`realnode: ${line}\n`);
+}
+
+function describeLoad(report: LoadReport): string {
+  const failed = report.sent - report.ok;
+  return `${report.sent} sent over ${report.seconds.toFixed(1)} s, ${failed} failed${failed ? ` ${JSON.stringify(report.failures)}` : ""}`;
+}
+
+const podsPath = (namespace: string, selector?: string) =>
+  `${resourcePath("v1", "pods", namespace)}${selector ? `?labelSelector=${encodeURIComponent(selector)}` : ""}`;
+
+async function pods(namespace: string, selector: string): Promise<V1Pod[]> {
+  return (await client.get<{ items: V1Pod[] }>(podsPath(namespace, selector))).items;
+}
+
+async function call(path: string, init: { method?: string; token?: string; origin?: string } = {}) {
+  const headers: Record<string, string> = {};
+  if (init.token) headers.authorization = `Bearer ${init.token}`;
+  const response = await request(`${init.origin ?? `http://${clusterIp}`}${path}`, {
+    method: (init.method ?? "GET") as "GET",
+    headers,
+  });
+  const text = await response.body.text();
+  const body = text.startsWith("{") ? (JSON.parse(text) as Record<string, unknown>) : {};
+  return { status: response.statusCode, body };
+}
+
+/** The example policy, trusting the test IdP (https on the node's address, private CA). */
+function policyForIdp(): KubeObject & { spec: ServedPolicy["spec"] } {
+  const policy = examplePolicy(ns, name);
+  policy.spec.authentication.issuers[0] = {
+    ...policy.spec.authentication.issuers[0],
+    issuer: idp.issuer,
+    caBundle,
+  };
+  return policy;
+}
+
+/** True once every pod of the Deployment runs the current template with the sidecar, and is Ready. */
+async function rolledOut(expectSidecar: boolean): Promise<boolean> {
+  const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
+  const status = deployment.status;
+  const want = deployment.spec?.replicas ?? 1;
+  const hasSidecar = (deployment.spec?.template.spec?.initContainers ?? []).some(
+    (c) => c.name === "portcullis",
+  );
+  if (hasSidecar !== expectSidecar) return false;
+  if ((status?.observedGeneration ?? 0) < (deployment.metadata?.generation ?? 0)) return false;
+  if (status?.updatedReplicas !== want || status?.readyReplicas !== want || (status?.replicas ?? 0) !== want)
+    return false;
+  // Terminating pods of the old template are gone too.
+  return (await pods(ns, `app=${name}`)).length === want;
+}
+
+async function serviceTargetsSidecar(): Promise<boolean> {
+  const service = await client.get<V1Service>(PATHS.service(ns, name));
+  return service.spec?.ports?.some((p) => p.targetPort === "portcullis") ?? false;
+}
+
+beforeAll(async () => {
+  const [portcullisImage, fastapiImage] = await Promise.all([buildPortcullisImage(), buildFastapiImage()]);
+  // ConfigMap volumes are refreshed on the kubelet's pod sync: 10 s instead of the default 1 min.
+  node = await startRealNode({ syncFrequency: "10s", images: [portcullisImage, fastapiImage] });
+  figure(
+    `node Ready ${node.startup.readyMs} ms after start, pods accepted after ${node.startup.usableMs} ms`,
+  );
+  client = new KubeClient(node.kubeConfig);
+
+  // The IdP listens on the node's address: pods reach it through their bridge's gateway.
+  pkiDir = await mkdtemp(join(tmpdir(), "portcullis-idp-pki-"));
+  const pki = await issueControlPlanePki(pkiDir);
+  const serving = await issueServingCertificate(
+    pkiDir,
+    { certPath: pki.caCertPath, keyPath: pki.caKeyPath },
+    "idp",
+    "idp",
+    [`IP:${NODE_IP}`],
+  );
+  caBundle = await readFile(pki.caCertPath, "utf8");
+  idp = await startIdentityProvider({
+    host: NODE_IP,
+    tls: { cert: await readFile(serving.certPath, "utf8"), key: await readFile(serving.keyPath, "utf8") },
+  });
+
+  // The operator, as a platform team installs it.
+  const installed = await helm(
+    "install",
+    "portcullis",
+    join(root, "charts", "portcullis"),
+    "--kubeconfig",
+    node.kubeconfigPath,
+    "--namespace",
+    system,
+    "--create-namespace",
+    "--wait",
+    "--timeout",
+    "180s",
+  );
+  expect(installed.stderr + installed.stdout).toContain("STATUS: deployed");
+
+  // The app, as a team deploys it before Portcullis.
+  await createNamespace(client, ns);
+  for (const document of parseAllDocuments(
+    await readFile(join(root, "examples/fastapi/deployment.yaml"), "utf8"),
+  )) {
+    const object = document.toJS() as KubeObject;
+    object.metadata = { ...object.metadata, namespace: ns };
+    await create(client, object);
+  }
+  await eventually("the app is rolled out", () => rolledOut(false), 120_000);
+  const service = await client.get<V1Service>(PATHS.service(ns, name));
+  clusterIp = service.spec?.clusterIP ?? "";
+  before = {
+    deployment: userVisible(await client.get(PATHS.deployment(ns, name))),
+    service: userVisible(await client.get(PATHS.service(ns, name))),
+  };
+  await eventually(
+    "the Service answers on its ClusterIP",
+    async () => (await call("/healthz")).status === 200,
+    60_000,
+  );
+}, 900_000);
+
+afterAll(async () => {
+  if (figures.length) process.stderr.write(`\nrealnode figures:\n  ${figures.join("\n  ")}\n`);
+  await client?.close();
+  await idp?.stop();
+  await node?.stop();
+  if (pkiDir) await rm(pkiDir, { recursive: true, force: true });
+}, 300_000);
+
+describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
+  it("runs the operator from the Helm chart as two pods under the chart's RBAC, one of them leading", async () => {
+    const operators = await pods(system, "app.kubernetes.io/name=portcullis");
+    expect(operators).toHaveLength(2);
+    for (const pod of operators) {
+      expect(pod.status?.conditions?.find((c) => c.type === "Ready")?.status).toBe("True");
+      expect(pod.spec?.serviceAccountName).toBe("portcullis");
+    }
+    const leases = await client.get<{ items: { spec?: { holderIdentity?: string } }[] }>(
+      resourcePath("coordination.k8s.io/v1", "leases", system),
+    );
+    const holders = leases.items.map((l) => l.spec?.holderIdentity ?? "");
+    expect(operators.some((pod) => holders.some((h) => h.includes(pod.metadata?.name ?? "?")))).toBe(true);
+  });
+
+  it("protects the live Service without losing a request: sidecar rolled in, Service pointed at it", async () => {
+    const reader = await idp.token("reader");
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 200,
+      maxSeconds: 240,
+      next: (i) =>
+        i % 2
+          ? { path: "/healthz", expect: [200] }
+          : { path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+    });
+    const started = Date.now();
+    await create(client, policyForIdp());
+    await eventually(
+      "the policy is Ready and the Service targets the sidecar",
+      async () => {
+        const policy = await getOrUndefined<ServedPolicy>(client, PATHS.policy(ns, name));
+        return policy && isReady(policy) && (await serviceTargetsSidecar()) && (await rolledOut(true));
+      },
+      240_000,
+    );
+    figure(
+      `protecting the live Service took ${((Date.now() - started) / 1000).toFixed(1)} s (policy created -> Ready, Service on the sidecar)`,
+    );
+    // Traffic now flows through the sidecar: an unauthenticated read is refused by it.
+    await eventually(
+      "the sidecar answers on the ClusterIP",
+      async () => (await call("/orders/7")).status === 401,
+      30_000,
+    );
+    const report = await load.stop();
+    figure(`protect a live Service: ${describeLoad(report)}`);
+    expect(report.samples).toEqual([]);
+    expect(report.ok).toBe(report.sent);
+  });
+
+  it("answers real tokens 200/401/403 through the ClusterIP, with the identity FastAPI received", async () => {
+    const [reader, admin] = await Promise.all([idp.token("reader"), idp.token("admin")]);
+    const read = await call("/orders", { token: reader });
+    expect(read.status).toBe(200);
+    const identity = read.body.identity as { x_auth: Record<string, string[]> };
+    expect(identity.x_auth["x-auth-subject"]).toEqual(["reader"]);
+    expect(identity.x_auth["x-auth-roles"]).toEqual(["reader"]);
+    expect((await call("/orders")).status).toBe(401);
+    expect((await call("/orders/1", { method: "DELETE", token: reader })).status).toBe(403);
+    expect((await call("/internal/x", { token: admin })).status).toBe(403);
+    expect((await call("/orders/1", { method: "DELETE", token: admin })).status).toBe(200);
+    // The keys came from inside the pods: the IdP saw their JWKS fetches over https.
+    expect(idp.counts().jwks).toBeGreaterThan(0);
+  });
+
+  it("starts the native sidecar before the app, Ready through the kubelet's probes on the admin port", async () => {
+    const running = await pods(ns, `app=${name}`);
+    expect(running).toHaveLength(2);
+    for (const pod of running) {
+      const sidecar = pod.status?.initContainerStatuses?.find((s) => s.name === "portcullis");
+      const app = pod.status?.containerStatuses?.find((s) => s.name === "app");
+      expect(sidecar?.ready).toBe(true);
+      expect(sidecar?.started).toBe(true);
+      expect(app?.ready).toBe(true);
+      const sidecarStarted = new Date(sidecar?.state?.running?.startedAt ?? 0).getTime();
+      const appStarted = new Date(app?.state?.running?.startedAt ?? 0).getTime();
+      expect(sidecarStarted).toBeGreaterThan(0);
+      expect(sidecarStarted).toBeLessThanOrEqual(appStarted);
+      const spec = pod.spec?.initContainers?.find((c) => c.name === "portcullis");
+      expect(spec?.restartPolicy).toBe("Always");
+      expect(spec?.readinessProbe?.httpGet?.path).toBe("/readyz");
+      expect(spec?.securityContext?.runAsNonRoot).toBe(true);
+      expect(spec?.securityContext?.readOnlyRootFilesystem).toBe(true);
+    }
+  });
+
+  it("hot-reloads a rule change from the ConfigMap the kubelet projects, without a restart", async () => {
+    const podsBefore = await pods(ns, `app=${name}`);
+    const restarts = podsBefore.map((p) => p.status?.initContainerStatuses?.[0]?.restartCount);
+    const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+    const reader = await idp.token("reader");
+    // A load through the change: a read is served before and refused after, never anything else.
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 200,
+      maxSeconds: 180,
+      next: () => ({ path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200, 403] }),
+    });
+    const rules = policy.spec.authorization.rules.map((rule) =>
+      rule.name === "read-orders" ? { ...rule, anyRole: ["admin"] } : rule,
+    );
+    const changed = Date.now();
+    await mergePatch(client, PATHS.policy(ns, name), { spec: { authorization: { rules } } });
+    // Every sidecar must have it: several answers in a row on fresh connections.
+    await eventually(
+      "the reader loses GET /orders on every pod",
+      async () => {
+        for (const pod of podsBefore) {
+          const answer = await call("/orders", { token: reader, origin: `http://${pod.status?.podIP}:8080` });
+          if (answer.status !== 403) return false;
+        }
+        return true;
+      },
+      150_000,
+    );
+    figure(
+      `policy change -> enforced by every sidecar: ${((Date.now() - changed) / 1000).toFixed(1)} s (kubelet syncFrequency 10s)`,
+    );
+    const report = await load.stop();
+    figure(`rule change under load: ${describeLoad(report)}`);
+    expect(report.ok).toBe(report.sent);
+    const podsAfter = await pods(ns, `app=${name}`);
+    expect(podsAfter.map((p) => p.metadata?.uid)).toEqual(podsBefore.map((p) => p.metadata?.uid));
+    expect(podsAfter.map((p) => p.status?.initContainerStatuses?.[0]?.restartCount)).toEqual(restarts);
+    expect((await call("/orders", { token: await idp.token("admin") })).status).toBe(200);
+    await mergePatch(client, PATHS.policy(ns, name), {
+      spec: { authorization: { rules: policy.spec.authorization.rules } },
+    });
+  });
+
+  it("lets a request in flight finish when its pod is deleted, and loses none while the pod is replaced", async () => {
+    const [victim] = await pods(ns, `app=${name}`);
+    const reader = await idp.token("reader");
+    await eventually(
+      "the reader may read again",
+      async () =>
+        (await call("/orders", { token: reader, origin: `http://${victim?.status?.podIP}:8080` })).status ===
+        200,
+      150_000,
+    );
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 200,
+      maxSeconds: 120,
+      next: () => ({ path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] }),
+    });
+    const inflight = call("/slow?seconds=5", {
+      token: reader,
+      origin: `http://${victim?.status?.podIP}:8080`,
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const deleted = Date.now();
+    await client.request("DELETE", `${resourcePath("v1", "pods", ns)}/${victim?.metadata?.name}`);
+    const answer = await inflight;
+    expect(answer.status).toBe(200);
+    await eventually("the pod is replaced", () => rolledOut(true), 120_000);
+    figure(
+      `pod deleted with a request in flight: it completed (200) ${((Date.now() - deleted) / 1000).toFixed(1)} s before the replacement was Ready`,
+    );
+    const report = await load.stop();
+    figure(`pod deletion and replacement under load: ${describeLoad(report)}`);
+    expect(report.samples).toEqual([]);
+  });
+
+  it("keeps the sidecar within its 128Mi limit under a minute of load, without an OOM kill", async () => {
+    const reader = await idp.token("reader");
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 600,
+      maxSeconds: 60,
+      connections: 64,
+      next: (i) => ({
+        path: i % 3 ? "/orders/7" : "/orders",
+        headers: { authorization: `Bearer ${reader}` },
+        expect: [200],
+      }),
+    });
+    let peak = 0;
+    const summary = resourcePath("v1", "nodes", undefined, node.nodeName);
+    const sample = setInterval(async () => {
+      const stats = await client
+        .get<{
+          pods: {
+            podRef: { namespace: string };
+            containers: { name: string; memory?: { workingSetBytes?: number } }[];
+          }[];
+        }>(`${summary}/proxy/stats/summary`)
+        .catch(() => undefined);
+      for (const pod of stats?.pods ?? []) {
+        if (pod.podRef.namespace !== ns) continue;
+        for (const c of pod.containers)
+          if (c.name === "portcullis") peak = Math.max(peak, c.memory?.workingSetBytes ?? 0);
+      }
+    }, 2_000);
+    await new Promise((r) => setTimeout(r, 61_000));
+    clearInterval(sample);
+    const report = await load.stop();
+    figure(
+      `a minute of load at 600 req/s: ${describeLoad(report)}; sidecar peak working set ${(peak / 2 ** 20).toFixed(1)} MiB (limit 128 MiB)`,
+    );
+    for (const pod of await pods(ns, `app=${name}`)) {
+      const sidecar = pod.status?.initContainerStatuses?.find((s) => s.name === "portcullis");
+      expect(sidecar?.restartCount).toBe(0);
+      expect(sidecar?.lastState?.terminated).toBeUndefined();
+    }
+    expect(peak).toBeGreaterThan(0);
+    expect(peak).toBeLessThan(128 * 2 ** 20);
+    expect(report.ok).toBe(report.sent);
+  });
+
+  it("fails over when the leading operator pod is killed, and reconciles a change made meanwhile", async () => {
+    const leaseList = await client.get<{
+      items: { metadata?: { name?: string }; spec?: { holderIdentity?: string } }[];
+    }>(resourcePath("coordination.k8s.io/v1", "leases", system));
+    const holder = leaseList.items[0]?.spec?.holderIdentity ?? "";
+    const operators = await pods(system, "app.kubernetes.io/name=portcullis");
+    const leader = operators.find((p) => holder.includes(p.metadata?.name ?? "?"));
+    expect(leader).toBeDefined();
+    const killed = Date.now();
+    await client.request(
+      "DELETE",
+      `${resourcePath("v1", "pods", system)}/${leader?.metadata?.name}?gracePeriodSeconds=0`,
+    );
+    const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+    const rules = policy.spec.authorization.rules.map((rule) =>
+      rule.name === "health" ? { ...rule, methods: ["GET", "HEAD"] } : rule,
+    );
+    await mergePatch(client, PATHS.policy(ns, name), { spec: { authorization: { rules } } });
+    const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
+    const configMapName =
+      deployment.spec?.template.spec?.volumes?.find((v) => v.configMap)?.configMap?.name ?? "";
+    await eventually(
+      "the change is in the ConfigMap",
+      async () => {
+        const configMap = await client.get<V1ConfigMap>(PATHS.configMap(ns, configMapName));
+        const document = parse(configMap.data?.["policy.yaml"] ?? "") as ServedPolicy;
+        return (
+          JSON.stringify(document.spec.authorization.rules.find((r) => r.name === "health")?.methods) ===
+          '["GET","HEAD"]'
+        );
+      },
+      120_000,
+    );
+    const took = (Date.now() - killed) / 1000;
+    const newHolder = (
+      await client.get<{ items: { spec?: { holderIdentity?: string } }[] }>(
+        resourcePath("coordination.k8s.io/v1", "leases", system),
+      )
+    ).items[0]?.spec?.holderIdentity;
+    expect(newHolder).not.toBe(holder);
+    figure(
+      `operator failover: leader killed -> change reconciled by the other replica in ${took.toFixed(1)} s (lease 15 s)`,
+    );
+  });
+
+  it("unprotects the Service without losing a request, and restores the Deployment and Service exactly", async () => {
+    const reader = await idp.token("reader");
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 200,
+      maxSeconds: 240,
+      next: (i) =>
+        i % 2
+          ? { path: "/healthz", expect: [200] }
+          : { path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+    });
+    const started = Date.now();
+    await client.request("DELETE", PATHS.policy(ns, name));
+    await eventually(
+      "the policy is gone",
+      async () => !(await getOrUndefined(client, PATHS.policy(ns, name))),
+      240_000,
+    );
+    await eventually("the app is rolled out without the sidecar", () => rolledOut(false), 240_000);
+    figure(`unprotecting took ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    const report = await load.stop();
+    figure(`unprotect a live Service: ${describeLoad(report)}`);
+    expect(report.samples).toEqual([]);
+    expect(userVisible(await client.get(PATHS.service(ns, name)))).toEqual(before.service);
+    const deployment = userVisible(await client.get(PATHS.deployment(ns, name))) as {
+      spec: unknown;
+      annotations?: unknown;
+    };
+    expect(deployment.spec).toEqual((before.deployment as { spec: unknown }).spec);
+  });
+});

@@ -1,11 +1,14 @@
-// A real OpenID Provider (oidc-provider 9) on loopback, issuing JWT access tokens by client
-// credentials. The demo and the integration tests use it as "the company's IdP".
+// A real OpenID Provider (oidc-provider 9), on loopback unless told otherwise, issuing JWT access
+// tokens by client credentials. The demo and the integration tests use it as "the company's IdP";
+// with `tls` it serves https, as an IdP behind a private CA does.
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from "jose";
 import Provider, { type Adapter, type Configuration } from "oidc-provider";
+import { Agent, fetch } from "undici";
 
 export interface IdpClient {
   clientId: string;
@@ -31,6 +34,10 @@ export interface IdpOptions {
   signingAlg?: IdpSigningAlg;
   /** Also put the granted scopes as an array claim `scp` (as Okta and Entra ID do). Default true. */
   scpClaim?: boolean;
+  /** The address it listens on and names in its issuer URL. Default 127.0.0.1. */
+  host?: string;
+  /** Serve https with this certificate; `ca` is what token() trusts (the CA that issued `cert`). */
+  tls?: { cert: string; key: string; ca: string };
 }
 
 export interface TokenRequest {
@@ -128,17 +135,22 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
   let handle: (req: IncomingMessage, res: ServerResponse) => void = (_req, res) => {
     res.writeHead(503).end();
   };
-  const server = createServer((req, res) => {
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? "").split("?")[0];
     if (path === "/.well-known/openid-configuration") counts.discovery++;
     else if (path === "/jwks") counts.jwks++;
     else if (path === "/token") counts.token++;
     handle(req, res);
-  });
-  server.listen(options.port ?? 0, "127.0.0.1");
+  };
+  const host = options.host ?? "127.0.0.1";
+  const server = options.tls
+    ? createTlsServer({ cert: options.tls.cert, key: options.tls.key }, listener)
+    : createServer(listener);
+  server.listen(options.port ?? 0, host);
   await once(server, "listening");
   const port = (server.address() as AddressInfo).port;
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `${options.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const tokenClient = options.tls ? new Agent({ connect: { ca: options.tls.ca } }) : undefined;
 
   let current = await newSigningKeys(1);
   let previous: JWK[] = [];
@@ -209,6 +221,7 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
         "base64",
       );
       const response = await fetch(tokenEndpoint, {
+        ...(tokenClient ? { dispatcher: tokenClient } : {}),
         method: "POST",
         headers: { authorization: `Basic ${basic}`, "content-type": "application/x-www-form-urlencoded" },
         body: form,
@@ -246,7 +259,7 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
     },
     async start() {
       if (server.listening) return;
-      server.listen(port, "127.0.0.1");
+      server.listen(port, host);
       await once(server, "listening");
     },
   };

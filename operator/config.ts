@@ -29,6 +29,8 @@ export const POLICY_KEY = "policy.yaml";
 /** Container port names are IANA service names: at most 15 characters ("portcullis-admin" is 16). */
 export const LISTENER_PORT_NAME = "portcullis";
 export const ADMIN_PORT_NAME = "portcullis-adm";
+/** The sidecar's admin path the app container's preStop hook calls (proxy/admin.ts PRESTOP_PATH). */
+export const PRESTOP_PATH = "/prestop";
 
 export const SIDECAR_MODES = ["auto", "native", "container"] as const;
 export type SidecarMode = (typeof SIDECAR_MODES)[number];

@@ -40,6 +40,8 @@ import {
   drainSeconds,
   policyVolume,
   portClashes,
+  preStopHook,
+  preStopHookTargets,
   resolveUpstreamPort,
   type ServerVersion,
   sidecarContainer,
@@ -358,7 +360,9 @@ function reconcileDeployment(
     ctx.config,
   );
   const volume = policyVolume(ctx.cmName);
-  const hash = sidecarHash(container, volume);
+  const adminPort = valid.spec.sidecar.adminPort;
+  const hooked = ctx.native ? preStopHookTargets(pod, upstream.port, adminPort) : [];
+  const hash = sidecarHash(container, volume, hooked);
   const body: DeploymentApply = {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -367,7 +371,19 @@ function reconcileDeployment(
       template: {
         metadata: { annotations: { [SIDECAR_HASH_ANNOTATION]: hash } },
         spec: {
-          ...(ctx.native ? { initContainers: [container] } : { containers: [container] }),
+          ...(ctx.native
+            ? {
+                initContainers: [container],
+                ...(hooked.length > 0
+                  ? {
+                      containers: hooked.map((name) => ({
+                        name,
+                        lifecycle: { preStop: preStopHook(adminPort) },
+                      })),
+                    }
+                  : {}),
+              }
+            : { containers: [container] }),
           volumes: [volume],
         },
       },

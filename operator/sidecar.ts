@@ -2,7 +2,7 @@
 // which settings a pod runs with. Pure: same inputs, same objects, same key order.
 
 import { createHash } from "node:crypto";
-import type { V1Container, V1EnvVar, V1PodSpec, V1Volume } from "@kubernetes/client-node";
+import type { V1Container, V1EnvVar, V1LifecycleHandler, V1PodSpec, V1Volume } from "@kubernetes/client-node";
 import type { AccessPolicySpec } from "../policy/schema.ts";
 import {
   ADMIN_PORT_NAME,
@@ -12,6 +12,7 @@ import {
   POLICY_DIR,
   POLICY_KEY,
   POLICY_VOLUME,
+  PRESTOP_PATH,
   SIDECAR_NAME,
 } from "./config.ts";
 
@@ -253,8 +254,39 @@ export function policyVolume(configMapName: string): V1Volume {
 }
 
 /** Short, stable digest of what the pod runs; key order does not matter. */
-export function sidecarHash(container: V1Container, volume: V1Volume): string {
-  return createHash("sha256").update(canonicalJson({ container, volume })).digest("hex").slice(0, 16);
+export function sidecarHash(
+  container: V1Container,
+  volume: V1Volume,
+  preStopHooks: readonly string[] = [],
+): string {
+  const input = preStopHooks.length === 0 ? { container, volume } : { container, volume, preStopHooks };
+  return createHash("sha256").update(canonicalJson(input)).digest("hex").slice(0, 16);
+}
+
+/** The app container's preStop hook: the sidecar holds it while keep-alive clients move to other pods. */
+export function preStopHook(adminPort: number): V1LifecycleHandler {
+  return { httpGet: { path: PRESTOP_PATH, port: adminPort } };
+}
+
+/**
+ * The app containers that get the hook: those serving the upstream port (every app container when none
+ * declares it), unless a container has a preStop of its own, which stays as it is. Native sidecars
+ * only: a plain sidecar container is stopped at the same time as the app and could not hold for it.
+ */
+export function preStopHookTargets(
+  pod: V1PodSpec | undefined,
+  upstreamPort: number,
+  adminPort: number,
+): string[] {
+  const apps = appContainers(pod);
+  const serving = apps.filter((c) => (c.ports ?? []).some((p) => p.containerPort === upstreamPort));
+  return (serving.length > 0 ? serving : apps)
+    .filter((c) => {
+      const own = c.lifecycle?.preStop;
+      return own === undefined || (own.httpGet?.path === PRESTOP_PATH && own.httpGet.port === adminPort);
+    })
+    .map((c) => c.name)
+    .sort(compare);
 }
 
 /** JSON with object keys sorted at every depth: equal values, equal text. */

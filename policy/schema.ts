@@ -32,6 +32,7 @@ export const LIMITS = {
   rateLimits: 32,
   name: 63,
   url: 2048,
+  caBundle: 65536,
   path: 1024,
   header: 128,
   claim: 256,
@@ -183,6 +184,14 @@ export const Issuer = Type.Object(
         maxLength: LIMITS.url,
         description:
           "The JWKS URL. When omitted it is discovered from <issuer>/.well-known/openid-configuration.",
+      }),
+    ),
+    caBundle: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: LIMITS.caBundle,
+        description:
+          "PEM CA certificates for an IdP behind a private CA: when set, the discovery and JWKS fetches of this issuer trust exactly these (instead of the public roots).",
       }),
     ),
     audiences: Type.Array(Type.String({ minLength: 1, maxLength: LIMITS.url }), {

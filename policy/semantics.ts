@@ -2,6 +2,7 @@
 // that never passes through an API server (standalone proxy, `portcullis validate`) gets the same
 // verdict; test/crd-cel.test.ts holds both to the same fixtures.
 
+import { X509Certificate } from "node:crypto";
 import { type PathTemplate, PathTemplateError, parsePathTemplate, templateCovers } from "./path-template.ts";
 import { error, type Problem, warning } from "./problems.ts";
 import type { AccessPolicySpec, Rule } from "./schema.ts";
@@ -90,6 +91,11 @@ function checkIssuers(spec: AccessPolicySpec): Problem[] {
     seen.add(issuer.issuer);
     problems.push(...checkFetchUrl(`${at}.issuer`, issuer.issuer));
     if (issuer.jwksUri !== undefined) problems.push(...checkFetchUrl(`${at}.jwksUri`, issuer.jwksUri));
+    if (issuer.caBundle !== undefined) {
+      problems.push(...checkCaBundle(`${at}.caBundle`, issuer.caBundle));
+      if ((issuer.jwksUri ?? issuer.issuer).startsWith("http:"))
+        problems.push(warning(`${at}.caBundle`, "has no effect: the keys are fetched over plain http"));
+    }
   });
   return problems;
 }
@@ -107,6 +113,32 @@ function checkFetchUrl(path: string, value: string): Problem[] {
   if (url.protocol === "http:")
     return [error(path, "must be https (plain http is allowed only for loopback hosts)")];
   return [error(path, `unsupported scheme ${url.protocol}`)];
+}
+
+/** Every PEM block a CA certificate; expired ones warned about (fetches would fail on them). */
+function checkCaBundle(path: string, pem: string): Problem[] {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) return [error(path, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)")];
+  const problems: Problem[] = [];
+  blocks.forEach((block, i) => {
+    let certificate: X509Certificate;
+    try {
+      certificate = new X509Certificate(block);
+    } catch {
+      problems.push(error(path, `certificate ${i + 1} does not parse as X.509`));
+      return;
+    }
+    if (!certificate.ca)
+      problems.push(
+        error(
+          path,
+          `certificate ${i + 1} (${certificate.subject.replaceAll("\n", ", ")}) is not a CA certificate`,
+        ),
+      );
+    else if (Date.parse(certificate.validTo) < Date.now())
+      problems.push(warning(path, `certificate ${i + 1} expired on ${certificate.validTo}`));
+  });
+  return problems;
 }
 
 function isLoopback(hostname: string): boolean {

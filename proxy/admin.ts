@@ -1,6 +1,7 @@
 // The admin listener, on its own port so probes and scrapes never share the public listener's
 // policy: /healthz (the process serves), /readyz (policy loaded, keys warm, not draining),
-// /metrics (Prometheus text), and the identity assertion's public keys when configured.
+// /metrics (Prometheus text), the identity assertion's public keys when configured, and /prestop
+// (the app's preStop hook: held while keep-alive clients are moved off a terminating pod).
 
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import { httpModule } from "./http-module.ts";
@@ -16,9 +17,12 @@ export interface AdminOptions {
   metrics: ProxyMetrics;
   /** The JWKS the app uses to check the sidecar's identity assertion; served at ASSERTION_KEYS_PATH. */
   publicKeys?: () => { keys: readonly object[] };
+  /** The app container's preStop hook (PRESTOP_PATH): resolves when the app may be sent SIGTERM. */
+  preStop?: () => Promise<void>;
 }
 
 export const ASSERTION_KEYS_PATH = "/jwks.json";
+export const PRESTOP_PATH = "/prestop";
 
 export function createAdminServer(options: AdminOptions): Server {
   const routes = new Map<string, (res: ServerResponse) => void | Promise<void>>([
@@ -42,6 +46,9 @@ export function createAdminServer(options: AdminOptions): Server {
   ]);
   const { publicKeys } = options;
   if (publicKeys) routes.set(ASSERTION_KEYS_PATH, (res) => sendJson(res, 200, publicKeys()));
+  const { preStop } = options;
+  if (preStop)
+    routes.set(PRESTOP_PATH, async (res) => sendJson(res, 200, (await preStop(), { status: "ok" })));
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     // Probes and scrapers send no query worth reading; the path alone picks the route.

@@ -29,11 +29,15 @@ export interface ProxyConfig {
   logLevel?: LogLevel;
   /** How long SIGTERM waits for in-flight requests before exiting anyway. */
   drainSeconds: number;
+  /** How long the admin /prestop hook holds the app's shutdown while keep-alive clients move away. */
+  preStopSeconds: number;
   /** Where `store: redis` rate limits keep their buckets; undefined: those limits use local buckets. */
   redisUrl?: string;
 }
 
 export const DEFAULT_DRAIN_SECONDS = 25;
+/** Long enough for kube-proxy (or a mesh-less LB) on every node to forget a terminating pod. */
+export const DEFAULT_PRESTOP_SECONDS = 5;
 /** Where a policy's listener and admin ports are bound when no address is given. */
 export const DEFAULT_BIND_HOST = "0.0.0.0";
 
@@ -52,6 +56,8 @@ export const USAGE = `usage: portcullis-proxy --policy <file> --upstream <url> [
   --log-level <level>      trace|debug|info|warn|error|fatal|silent (default spec.sidecar.logLevel, info)
                            env PORTCULLIS_LOG_LEVEL
   --drain-seconds <n>      on SIGTERM, wait this long for in-flight requests (default ${DEFAULT_DRAIN_SECONDS})
+  --prestop-seconds <n>    GET /prestop on the admin port (the app container's preStop hook) holds this
+                           long while keep-alive connections are closed (default ${DEFAULT_PRESTOP_SECONDS})  env PORTCULLIS_PRESTOP_SECONDS
                            env PORTCULLIS_DRAIN_SECONDS
   --redis-url <url>        redis[s]://[user:password@]host:port[/db] for \`store: redis\` rate limits
                            (default none: those limits count per sidecar)
@@ -67,6 +73,7 @@ const OPTIONS = {
   "log-format": { type: "string", env: "PORTCULLIS_LOG_FORMAT" },
   "log-level": { type: "string", env: "PORTCULLIS_LOG_LEVEL" },
   "drain-seconds": { type: "string", env: "PORTCULLIS_DRAIN_SECONDS" },
+  "prestop-seconds": { type: "string", env: "PORTCULLIS_PRESTOP_SECONDS" },
   "redis-url": { type: "string", env: "PORTCULLIS_REDIS_URL" },
 } as const;
 type OptionName = keyof typeof OPTIONS;
@@ -116,6 +123,7 @@ export function readProxyConfig(
     upstream: upstream.url,
     logFormat: "json",
     drainSeconds: DEFAULT_DRAIN_SECONDS,
+    preStopSeconds: DEFAULT_PRESTOP_SECONDS,
   };
 
   for (const name of ["listen", "admin"] as const) {
@@ -144,15 +152,19 @@ export function readProxyConfig(
     config.logLevel = level;
   }
 
-  const drain = raw("drain-seconds");
-  if (drain !== undefined) {
-    const seconds = Number(drain);
-    if (!/^\d+(\.\d+)?$/.test(drain.trim()) || !Number.isFinite(seconds) || seconds > 3600) {
+  for (const [flag, key] of [
+    ["drain-seconds", "drainSeconds"],
+    ["prestop-seconds", "preStopSeconds"],
+  ] as const) {
+    const text = raw(flag);
+    if (text === undefined) continue;
+    const seconds = Number(text);
+    if (!/^\d+(\.\d+)?$/.test(text.trim()) || !Number.isFinite(seconds) || seconds > 3600) {
       return {
-        error: `${source("drain-seconds")}: expected a number of seconds from 0 to 3600, got ${JSON.stringify(drain)}`,
+        error: `${source(flag)}: expected a number of seconds from 0 to 3600, got ${JSON.stringify(text)}`,
       };
     }
-    config.drainSeconds = seconds;
+    config[key] = seconds;
   }
 
   const redis = raw("redis-url");

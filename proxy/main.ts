@@ -166,7 +166,27 @@ async function run(config: ProxyConfig): Promise<void> {
     rateLimiter,
     assertionSigner,
   });
-  const admin = createAdminServer({ ready: readiness, metrics, publicKeys: () => assertionSigner.jwks });
+  // The pod is terminating and Services are forgetting it: the app keeps serving while every keep-alive
+  // client is told to reconnect (to other pods); then the kubelet sends the app SIGTERM, and us after it.
+  let preStopping: Promise<void> | undefined;
+  const preStop = () => {
+    preStopping ??= (async () => {
+      logger.info({ holdSeconds: config.preStopSeconds }, "pod terminating: ending keep-alive connections");
+      proxy.endKeepAlive();
+      const until = Date.now() + config.preStopSeconds * 1000;
+      while (Date.now() < until) {
+        await sleep(Math.min(DRAIN_POLL_MS, until - Date.now()));
+        proxy.closeIdle();
+      }
+    })();
+    return preStopping;
+  };
+  const admin = createAdminServer({
+    ready: readiness,
+    metrics,
+    publicKeys: () => assertionSigner.jwks,
+    preStop,
+  });
   metrics.observeInFlight(() => proxy.inFlight());
   let bound: { listen: string; admin: string };
   try {

@@ -44,6 +44,11 @@ export interface ProxyServer {
   server: Server;
   /** Closes keep-alive connections that have no request in progress (for draining). */
   closeIdle(): void;
+  /**
+   * From now on every response closes its connection (`Connection: close`), so keep-alive clients
+   * reconnect, and reach pods that are not terminating.
+   */
+  endKeepAlive(): void;
   /** HTTP requests received and not yet answered. */
   inFlight(): number;
 }
@@ -82,10 +87,17 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       joinDuplicateHeaders: false,
       insecureHTTPParser: false,
     },
-    (req, res) => handleRequest(ctx, req, res),
+    (req, res) => {
+      if (endingKeepAlive) res.shouldKeepAlive = false;
+      handleRequest(ctx, req, res);
+    },
   );
+  let endingKeepAlive = false;
   // Without this listener Node answers 100 Continue before the request is authorised.
-  server.on("checkContinue", (req, res) => handleRequest(ctx, req, res, true));
+  server.on("checkContinue", (req, res) => {
+    if (endingKeepAlive) res.shouldKeepAlive = false;
+    handleRequest(ctx, req, res, true);
+  });
   server.on("upgrade", (req, socket: Duplex, head: Buffer) => handleUpgrade(ctx, req, socket, head));
   // CONNECT's authority-form target is never a route of the app.
   server.on("connect", (req, socket: Duplex) => {
@@ -104,6 +116,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   return {
     server,
     closeIdle: () => server.closeIdleConnections(),
+    endKeepAlive: () => {
+      endingKeepAlive = true;
+      server.closeIdleConnections();
+    },
     inFlight: () => ctx.inFlight,
   };
 }

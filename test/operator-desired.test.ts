@@ -1,7 +1,7 @@
 // The reconcile core, pure: fixture objects in, apply bodies, status and events out. A small fake of
 // server-side apply (test-only) feeds the output back in to check that a second reconcile is silent.
 
-import type { V1ConfigMap, V1Container, V1Deployment, V1Service } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Container, V1Deployment, V1PodSpec, V1Service } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import {
   FINALIZER,
@@ -9,6 +9,7 @@ import {
   ORIGINAL_TARGET_PORTS_ANNOTATION,
   POLICY_ANNOTATION,
   POLICY_VOLUME,
+  PRESTOP_PATH,
   readOperatorConfig,
   SIDECAR_HASH_ANNOTATION,
   SIDECAR_NAME,
@@ -241,12 +242,24 @@ function applyDeployment(d: V1Deployment, body: DeploymentApply): V1Deployment {
     annotations: { ...templateAnnotations, ...body.spec?.template.metadata.annotations },
   };
   const pod = template.spec;
-  pod.containers = pod.containers.filter((c) => c.name !== SIDECAR_NAME);
+  // Fields we owned and no longer send go, as server-side apply removes them: our preStop hooks.
+  pod.containers = pod.containers
+    .filter((c) => c.name !== SIDECAR_NAME)
+    .map((c) => {
+      if (c.lifecycle?.preStop?.httpGet?.path !== PRESTOP_PATH) return c;
+      const { lifecycle: _ours, ...rest } = c;
+      return rest;
+    });
   pod.initContainers = (pod.initContainers ?? []).filter((c) => c.name !== SIDECAR_NAME);
   pod.volumes = (pod.volumes ?? []).filter((v) => v.name !== POLICY_VOLUME);
   const ours = body.spec?.template.spec;
   if (ours) {
-    pod.containers.push(...(ours.containers ?? []));
+    // Containers are a list-map keyed by name: ours merge into the app's entry of the same name.
+    for (const container of ours.containers ?? []) {
+      const existing = pod.containers.find((c) => c.name === container.name);
+      if (existing) Object.assign(existing, { ...container, ...existing, lifecycle: container.lifecycle });
+      else pod.containers.push(container);
+    }
     pod.initContainers.push(...(ours.initContainers ?? []));
     pod.volumes.push(...ours.volumes);
   }
@@ -322,7 +335,11 @@ describe("the sidecar on a selected Deployment", () => {
     const template = body?.spec?.template;
     expect(Object.keys(template ?? {})).toEqual(["metadata", "spec"]);
     expect(template?.metadata.annotations[SIDECAR_HASH_ANNOTATION]).toMatch(/^[0-9a-f]{16}$/);
-    expect(Object.keys(template?.spec ?? {})).toEqual(["initContainers", "volumes"]);
+    expect(Object.keys(template?.spec ?? {})).toEqual(["initContainers", "containers", "volumes"]);
+    // Of the app container, only the preStop hook that holds its shutdown while clients move away.
+    expect(template?.spec.containers).toEqual([
+      { name: "app", lifecycle: { preStop: { httpGet: { path: PRESTOP_PATH, port: 9901 } } } },
+    ]);
     expect(template?.spec.volumes).toEqual([
       { name: POLICY_VOLUME, configMap: { name: "portcullis-orders-api" } },
     ]);
@@ -492,10 +509,53 @@ describe("the sidecar on a selected Deployment", () => {
   });
 });
 
+describe("the app container's preStop hook", () => {
+  const hooksFor = (pod: (spec: V1PodSpec) => void, serverVersion = V1_35) => {
+    const world = input({ serverVersion });
+    const spec = world.deployments[0]?.spec?.template?.spec;
+    if (!spec) throw new Error("fixture without a pod spec");
+    pod(spec);
+    return desired(world, CONFIG).deployments[0]?.body.spec?.template.spec.containers;
+  };
+
+  it("is added where the app has none, kept when it is ours, and left out where the app has its own", () => {
+    const ours = { preStop: { httpGet: { path: PRESTOP_PATH, port: 9901, scheme: "HTTP" } } };
+    expect(hooksFor(() => {})?.map((c) => c.name)).toEqual(["app"]);
+    expect(
+      hooksFor((spec) => Object.assign(spec.containers[0] ?? {}, { lifecycle: ours }))?.map((c) => c.name),
+    ).toEqual(["app"]);
+    const own = { preStop: { sleep: { seconds: 10 } } };
+    expect(hooksFor((spec) => Object.assign(spec.containers[0] ?? {}, { lifecycle: own }))).toBeUndefined();
+  });
+
+  it("is not added with a plain sidecar container, which stops together with the app", () => {
+    expect(hooksFor(() => {}, V1_28)?.filter((c) => c.name !== SIDECAR_NAME)).toEqual([]);
+  });
+
+  it("goes with the sidecar when the Deployment stops matching", () => {
+    const appOf = (w: World) =>
+      w.deployments[0]?.spec?.template?.spec?.containers.find((c) => c.name === "app");
+    const world = settle({ policy: policy(), deployments: [deployment()], services: [service()] });
+    expect(appOf(world)?.lifecycle?.preStop?.httpGet?.path).toBe(PRESTOP_PATH);
+    const relabeled = world.deployments.map((d) => {
+      const copy = structuredClone(d);
+      if (copy.spec?.template.metadata) copy.spec.template.metadata.labels = { app: "orders-api-v2" };
+      return copy;
+    });
+    const released = applyOutput(
+      { ...world, deployments: relabeled },
+      reconcile({ ...world, deployments: relabeled }),
+    );
+    expect(appOf(released)?.lifecycle).toBeUndefined();
+  });
+});
+
 describe("native sidecar or plain container", () => {
   const listsFor = (serverVersion: { major: number; minor: number }, config = CONFIG) => {
     const spec = desired(input({ serverVersion }), config).deployments[0]?.body.spec?.template.spec;
-    return { init: spec?.initContainers?.length ?? 0, plain: spec?.containers?.length ?? 0, spec };
+    const sidecars = (list: V1Container[] | undefined) =>
+      (list ?? []).filter((c) => c.name === SIDECAR_NAME).length;
+    return { init: sidecars(spec?.initContainers), plain: sidecars(spec?.containers), spec };
   };
 
   it("is an init container with restartPolicy Always from 1.29 on, a container before", () => {

@@ -3,12 +3,11 @@
 // pods under the chart's RBAC; real tokens from a real IdP (reached from inside the pods, over https
 // with a private CA) go through the Service's ClusterIP (kube-proxy) to the sidecar and the app.
 // Figures the scenarios measure are printed as `realnode:` lines.
-import { readFile } from "node:fs/promises";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { V1ConfigMap, V1Deployment, V1Pod, V1Service } from "@kubernetes/client-node";
-import { request } from "undici";
+import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
@@ -44,6 +43,8 @@ let caBundle: string;
 let before: { deployment: unknown; service: unknown };
 let clusterIp: string;
 
+// Fresh connections with a short connect timeout: checks poll, and must not hang on a pod that went away.
+const probeClient = new Agent({ pipelining: 0, connect: { timeout: 3_000 } });
 const figures: string[] = [];
 function figure(line: string): void {
   figures.push(line);
@@ -68,6 +69,9 @@ async function call(path: string, init: { method?: string; token?: string; origi
   const response = await request(`${init.origin ?? `http://${clusterIp}`}${path}`, {
     method: (init.method ?? "GET") as "GET",
     headers,
+    dispatcher: probeClient,
+    headersTimeout: 10_000,
+    bodyTimeout: 10_000,
   });
   const text = await response.body.text();
   const body = text.startsWith("{") ? (JSON.parse(text) as Record<string, unknown>) : {};
@@ -101,6 +105,25 @@ async function rolledOut(expectSidecar: boolean): Promise<boolean> {
   return (await pods(ns, `app=${name}`)).length === want;
 }
 
+/** The app's own readiness probe while it listens on the pod IP (on loopback the kubelet cannot reach it). */
+const APP_READINESS = {
+  httpGet: { path: "/healthz", port: "http" },
+  periodSeconds: 1,
+  failureThreshold: 1,
+} as const;
+
+/** Where uvicorn listens, as a team changes it: a strategic merge patch of the app container. */
+async function bindAppTo(host: string): Promise<void> {
+  const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
+  const app = deployment.spec?.template.spec?.containers.find((c) => c.name === "app");
+  const command = (app?.command ?? []).map((arg, i, all) => (all[i - 1] === "--host" ? host : arg));
+  const readinessProbe = host === "127.0.0.1" ? null : APP_READINESS;
+  await client.request("PATCH", PATHS.deployment(ns, name), {
+    body: { spec: { template: { spec: { containers: [{ name: "app", command, readinessProbe }] } } } },
+    contentType: "application/strategic-merge-patch+json",
+  });
+}
+
 async function serviceTargetsSidecar(): Promise<boolean> {
   const service = await client.get<V1Service>(PATHS.service(ns, name));
   return service.spec?.ports?.some((p) => p.targetPort === "portcullis") ?? false;
@@ -128,7 +151,11 @@ beforeAll(async () => {
   caBundle = await readFile(pki.caCertPath, "utf8");
   idp = await startIdentityProvider({
     host: NODE_IP,
-    tls: { cert: await readFile(serving.certPath, "utf8"), key: await readFile(serving.keyPath, "utf8") },
+    tls: {
+      cert: await readFile(serving.certPath, "utf8"),
+      key: await readFile(serving.keyPath, "utf8"),
+      ca: caBundle,
+    },
   });
 
   // The operator, as a platform team installs it.
@@ -147,14 +174,23 @@ beforeAll(async () => {
   );
   expect(installed.stderr + installed.stdout).toContain("STATUS: deployed");
 
-  // The app, as a team deploys it before Portcullis.
+  // The app, as a team runs it before Portcullis: examples/fastapi/deployment.yaml, except that uvicorn
+  // listens on the pod IP (the example binds loopback, for after the sidecar is in), so the Service is
+  // live and unprotected to begin with.
   await createNamespace(client, ns);
   for (const document of parseAllDocuments(
     await readFile(join(root, "examples/fastapi/deployment.yaml"), "utf8"),
   )) {
     const object = document.toJS() as KubeObject;
     object.metadata = { ...object.metadata, namespace: ns };
-    await create(client, object);
+    if (object.kind === "Deployment") {
+      const text = JSON.stringify(object).replace('"--host","127.0.0.1"', '"--host","0.0.0.0"');
+      if (!text.includes('"0.0.0.0"')) throw new Error("deployment.yaml: uvicorn --host 127.0.0.1 not found");
+      const deployment = JSON.parse(text) as V1Deployment;
+      const app = deployment.spec?.template.spec?.containers.find((c) => c.name === "app");
+      if (app) app.readinessProbe = APP_READINESS;
+      await create(client, deployment as KubeObject);
+    } else await create(client, object);
   }
   await eventually("the app is rolled out", () => rolledOut(false), 120_000);
   const service = await client.get<V1Service>(PATHS.service(ns, name));
@@ -163,11 +199,17 @@ beforeAll(async () => {
     deployment: userVisible(await client.get(PATHS.deployment(ns, name))),
     service: userVisible(await client.get(PATHS.service(ns, name))),
   };
+  let last: unknown;
   await eventually(
     "the Service answers on its ClusterIP",
-    async () => (await call("/healthz")).status === 200,
+    async () => {
+      last = await call("/healthz").catch((error: Error) => error.message);
+      return (last as { status?: number }).status === 200;
+    },
     60_000,
-  );
+  ).catch((error: Error) => {
+    throw new Error(`${error.message}; last answer: ${JSON.stringify(last)}`);
+  });
 }, 900_000);
 
 afterAll(async () => {
@@ -191,7 +233,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     );
     const holders = leases.items.map((l) => l.spec?.holderIdentity ?? "");
     expect(operators.some((pod) => holders.some((h) => h.includes(pod.metadata?.name ?? "?")))).toBe(true);
-  });
+  }, 420_000);
 
   it("protects the live Service without losing a request: sidecar rolled in, Service pointed at it", async () => {
     const reader = await idp.token("reader");
@@ -202,7 +244,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       next: (i) =>
         i % 2
           ? { path: "/healthz", expect: [200] }
-          : { path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
     });
     const started = Date.now();
     await create(client, policyForIdp());
@@ -219,15 +261,45 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     );
     // Traffic now flows through the sidecar: an unauthenticated read is refused by it.
     await eventually(
-      "the sidecar answers on the ClusterIP",
-      async () => (await call("/orders/7")).status === 401,
+      "the sidecar answers on the ClusterIP (401 without a token)",
+      async () => (await call("/orders")).status === 401,
       30_000,
-    );
+    ).catch(async (error: Error) => {
+      throw new Error(`${error.message}: got ${(await call("/orders")).status}`);
+    });
     const report = await load.stop();
     figure(`protect a live Service: ${describeLoad(report)}`);
     expect(report.samples).toEqual([]);
     expect(report.ok).toBe(report.sent);
-  });
+  }, 420_000);
+
+  it("moves the app to loopback behind the sidecar without losing a request; its port is then closed to the network", async () => {
+    const reader = await idp.token("reader");
+    const load = startLoad({
+      origin: `http://${clusterIp}`,
+      ratePerSecond: 200,
+      maxSeconds: 240,
+      next: (i) =>
+        i % 2
+          ? { path: "/healthz", expect: [200] }
+          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+    });
+    const started = Date.now();
+    await bindAppTo("127.0.0.1");
+    await eventually("the app is rolled out on loopback", () => rolledOut(true), 240_000);
+    const report = await load.stop();
+    figure(
+      `app moved to loopback (a rollout) in ${((Date.now() - started) / 1000).toFixed(1)} s: ${describeLoad(report)}`,
+    );
+    expect(report.samples).toEqual([]);
+    // Nothing but the sidecar reaches the app now: its port on the pod IP refuses connections.
+    for (const pod of await pods(ns, `app=${name}`)) {
+      const direct = await call("/orders", { origin: `http://${pod.status?.podIP}:8000` }).catch(
+        (error: Error & { code?: string }) => ({ status: error.code ?? "error" }),
+      );
+      expect(direct.status).toBe("ECONNREFUSED");
+    }
+  }, 420_000);
 
   it("answers real tokens 200/401/403 through the ClusterIP, with the identity FastAPI received", async () => {
     const [reader, admin] = await Promise.all([idp.token("reader"), idp.token("admin")]);
@@ -242,7 +314,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     expect((await call("/orders/1", { method: "DELETE", token: admin })).status).toBe(200);
     // The keys came from inside the pods: the IdP saw their JWKS fetches over https.
     expect(idp.counts().jwks).toBeGreaterThan(0);
-  });
+  }, 420_000);
 
   it("starts the native sidecar before the app, Ready through the kubelet's probes on the admin port", async () => {
     const running = await pods(ns, `app=${name}`);
@@ -263,7 +335,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       expect(spec?.securityContext?.runAsNonRoot).toBe(true);
       expect(spec?.securityContext?.readOnlyRootFilesystem).toBe(true);
     }
-  });
+  }, 420_000);
 
   it("hot-reloads a rule change from the ConfigMap the kubelet projects, without a restart", async () => {
     const podsBefore = await pods(ns, `app=${name}`);
@@ -307,7 +379,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     await mergePatch(client, PATHS.policy(ns, name), {
       spec: { authorization: { rules: policy.spec.authorization.rules } },
     });
-  });
+  }, 420_000);
 
   it("lets a request in flight finish when its pod is deleted, and loses none while the pod is replaced", async () => {
     const [victim] = await pods(ns, `app=${name}`);
@@ -323,7 +395,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       origin: `http://${clusterIp}`,
       ratePerSecond: 200,
       maxSeconds: 120,
-      next: () => ({ path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] }),
+      next: () => ({ path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] }),
     });
     const inflight = call("/slow?seconds=5", {
       token: reader,
@@ -341,7 +413,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     const report = await load.stop();
     figure(`pod deletion and replacement under load: ${describeLoad(report)}`);
     expect(report.samples).toEqual([]);
-  });
+  }, 420_000);
 
   it("keeps the sidecar within its 128Mi limit under a minute of load, without an OOM kill", async () => {
     const reader = await idp.token("reader");
@@ -350,8 +422,8 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       ratePerSecond: 600,
       maxSeconds: 60,
       connections: 64,
-      next: (i) => ({
-        path: i % 3 ? "/orders/7" : "/orders",
+      next: () => ({
+        path: "/orders",
         headers: { authorization: `Bearer ${reader}` },
         expect: [200],
       }),
@@ -387,7 +459,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     expect(peak).toBeGreaterThan(0);
     expect(peak).toBeLessThan(128 * 2 ** 20);
     expect(report.ok).toBe(report.sent);
-  });
+  }, 420_000);
 
   it("fails over when the leading operator pod is killed, and reconciles a change made meanwhile", async () => {
     const leaseList = await client.get<{
@@ -432,7 +504,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     figure(
       `operator failover: leader killed -> change reconciled by the other replica in ${took.toFixed(1)} s (lease 15 s)`,
     );
-  });
+  }, 420_000);
 
   it("unprotects the Service without losing a request, and restores the Deployment and Service exactly", async () => {
     const reader = await idp.token("reader");
@@ -443,8 +515,11 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       next: (i) =>
         i % 2
           ? { path: "/healthz", expect: [200] }
-          : { path: "/orders/7", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
     });
+    // The way back: the app listens on the pod IP again first (a rollout behind the sidecar).
+    await bindAppTo("0.0.0.0");
+    await eventually("the app is rolled out on the pod IP", () => rolledOut(true), 240_000);
     const started = Date.now();
     await client.request("DELETE", PATHS.policy(ns, name));
     await eventually(
@@ -463,5 +538,5 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
       annotations?: unknown;
     };
     expect(deployment.spec).toEqual((before.deployment as { spec: unknown }).spec);
-  });
+  }, 420_000);
 });

@@ -19,7 +19,7 @@ import {
   type JWSHeaderParameters,
   type LocalJWKSet,
 } from "jose";
-import { type Dispatcher, request } from "undici";
+import { Agent, type Dispatcher, request } from "undici";
 import { ALGORITHMS } from "../../policy/schema.ts";
 
 export type FetchOutcome = "ok" | "error" | "not_modified";
@@ -49,6 +49,8 @@ export interface KeySetSource {
   issuer: string;
   /** When absent, discovered from `<issuer>/.well-known/openid-configuration`. */
   jwksUri?: string;
+  /** PEM CA certificates that alone are trusted for this issuer's https fetches (a private CA). */
+  caBundle?: string;
 }
 
 /** Thrown by getKey when there is no key set to serve: never loaded, or older than the max staleness. */
@@ -105,6 +107,9 @@ const MIN_RSA_BITS = 2048;
 export class RemoteKeySet {
   readonly issuer: string;
   readonly configuredJwksUri: string | undefined;
+  readonly caBundle: string | undefined;
+  /** Connections for this issuer's fetches: its own only when it trusts its own CAs. */
+  readonly #dispatcher: Dispatcher | undefined;
   readonly #options: Required<Omit<KeySetOptions, "onFetch">>;
   readonly #observers = new Set<FetchObserver>();
   #discoveredJwksUri: string | undefined;
@@ -124,6 +129,9 @@ export class RemoteKeySet {
   constructor(source: KeySetSource, options: KeySetOptions = {}) {
     this.issuer = source.issuer;
     this.configuredJwksUri = source.jwksUri;
+    this.caBundle = source.caBundle;
+    this.#dispatcher =
+      source.caBundle === undefined ? undefined : new Agent({ connect: { ca: source.caBundle } });
     const { onFetch, ...rest } = options;
     this.#options = { ...KEY_SET_DEFAULTS, now: Date.now, ...definedOnly(rest) };
     if (onFetch) this.#observers.add(onFetch);
@@ -198,6 +206,7 @@ export class RemoteKeySet {
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#abort.abort();
+    void this.#dispatcher?.close().catch(() => {});
     this.#observers.clear();
     this.#rejectReady(new KeysUnavailable("closed"));
   }
@@ -274,7 +283,7 @@ export class RemoteKeySet {
   async #load(): Promise<"ok" | "not_modified"> {
     const jwksUri = this.configuredJwksUri ?? this.#discoveredJwksUri ?? (await this.#discover());
     const etag = this.#current ? this.#etag : undefined;
-    const response = await fetchText(jwksUri, this.#options, this.#abort.signal, etag);
+    const response = await fetchText(jwksUri, this.#options, this.#abort.signal, this.#dispatcher, etag);
     if (response.notModified) return "not_modified";
     if (this.#current?.text === response.text) return "ok";
     const keys = await usableKeys(parseJson(response.text));
@@ -297,6 +306,7 @@ export class RemoteKeySet {
         `${base}/.well-known/openid-configuration`,
         this.#options,
         this.#abort.signal,
+        this.#dispatcher,
       );
       document = parseJson(response.text);
     } catch (error) {
@@ -347,7 +357,11 @@ export class KeySetRegistry {
 
   /** Gives a key set back; the last user's release closes it. Acquire the new before releasing the old. */
   release(keySet: RemoteKeySet): void {
-    const id = registryKey({ issuer: keySet.issuer, jwksUri: keySet.configuredJwksUri });
+    const id = registryKey({
+      issuer: keySet.issuer,
+      jwksUri: keySet.configuredJwksUri,
+      caBundle: keySet.caBundle,
+    });
     const entry = this.#entries.get(id);
     if (entry?.keySet !== keySet) return;
     entry.users--;
@@ -368,7 +382,7 @@ export class KeySetRegistry {
 }
 
 function registryKey(source: KeySetSource): string {
-  return JSON.stringify([source.issuer, source.jwksUri ?? null]);
+  return JSON.stringify([source.issuer, source.jwksUri ?? null, source.caBundle ?? null]);
 }
 
 async function selectKey(
@@ -395,6 +409,7 @@ async function fetchText(
   url: string,
   options: Required<Omit<KeySetOptions, "onFetch">>,
   closed: AbortSignal,
+  dispatcher: Dispatcher | undefined,
   etag?: string,
 ): Promise<FetchedText> {
   if (!isAllowedFetchUrl(url)) throw new KeyFetchError("url_not_allowed");
@@ -408,6 +423,7 @@ async function fetchText(
           ? { accept: "application/json" }
           : { accept: "application/json", "if-none-match": etag },
       signal,
+      ...(dispatcher === undefined ? {} : { dispatcher }),
       headersTimeout: options.timeoutMs,
       bodyTimeout: options.timeoutMs,
     });
@@ -445,7 +461,7 @@ async function fetchText(
     if (error instanceof KeyFetchError) throw error;
     if (closed.aborted) throw new KeyFetchError("closed");
     if (timeout.aborted || isUndiciTimeout(error)) throw new KeyFetchError("timeout");
-    throw new KeyFetchError("network");
+    throw new KeyFetchError(tlsFailure(error) ?? "network");
   }
 }
 
@@ -453,6 +469,21 @@ async function fetchText(
 function discard(body: Dispatcher.ResponseData["body"]): void {
   body.on("error", () => {});
   body.destroy();
+}
+
+/** A TLS verification failure, as a short detail: an untrusted chain or a certificate for another name. */
+function tlsFailure(error: unknown): string | undefined {
+  for (let cause = error; cause instanceof Error; cause = cause.cause) {
+    const code = (cause as { code?: unknown }).code;
+    if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return "tls_name_mismatch";
+    if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "tls_expired";
+    if (
+      typeof code === "string" &&
+      /^(UNABLE_TO_|SELF_SIGNED_CERT|DEPTH_ZERO_SELF_SIGNED|CERT_UNTRUSTED|CERT_SIGNATURE_FAILURE)/.test(code)
+    )
+      return "tls_untrusted";
+  }
+  return undefined;
 }
 
 function isUndiciTimeout(error: unknown): boolean {

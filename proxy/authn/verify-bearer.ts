@@ -121,9 +121,11 @@ export function createBearerVerifier(
   const issuers = new Map<string, IssuerVerification>();
   const unobserve: (() => void)[] = [];
   for (const [name, config] of policy.issuers) {
-    const keySet = options.keySets.acquire(
-      config.jwksUri === undefined ? { issuer: name } : { issuer: name, jwksUri: config.jwksUri },
-    );
+    const keySet = options.keySets.acquire({
+      issuer: name,
+      ...(config.jwksUri === undefined ? {} : { jwksUri: config.jwksUri }),
+      ...(config.caBundle === undefined ? {} : { caBundle: config.caBundle }),
+    });
     if (options.onFetch) unobserve.push(keySet.observe(options.onFetch));
     issuers.set(name, {
       issuer: name,

@@ -60,15 +60,21 @@ function run(command: string, args: readonly string[], options: { cwd?: string }
     const child = spawn(command, args, { cwd: options.cwd, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderrTail = "";
+    let downloads = 0;
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
       stdout += chunk;
     });
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
       stderrTail = (stderrTail + chunk).slice(-4000);
-      for (const line of chunk.split("\n")) if (line.trim()) say(`  ${line.trimEnd()}`);
+      for (const line of chunk.split("\n")) {
+        // Module downloads are one line each, hundreds of them: counted, not echoed.
+        if (line.startsWith("go: downloading ")) downloads++;
+        else if (line.trim()) say(`  ${line.trimEnd()}`);
+      }
     });
     child.once("error", fail);
     child.once("exit", (code, signal) => {
+      if (downloads) say(`  (${downloads} Go modules downloaded)`);
       if (code === 0) done(stdout);
       else
         fail(new Error(`${command} ${args.join(" ")} failed (${signal ?? `exit ${code}`}):\n${stderrTail}`));

@@ -116,9 +116,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   return {
     server,
     closeIdle: () => server.closeIdleConnections(),
+    // Idle connections are left to their next response: closing one now races a request on the wire.
     endKeepAlive: () => {
       endingKeepAlive = true;
-      server.closeIdleConnections();
     },
     inFlight: () => ctx.inFlight,
   };

@@ -53,7 +53,7 @@ function figure(line: string): void {
 
 function describeLoad(report: LoadReport): string {
   const failed = report.sent - report.ok;
-  return `${report.sent} sent over ${report.seconds.toFixed(1)} s, ${failed} failed${failed ? ` ${JSON.stringify(report.failures)}` : ""}`;
+  return `${report.sent} sent over ${report.seconds.toFixed(1)} s, ${failed} failed${failed ? ` ${JSON.stringify(report.failures)}` : ""}, ${report.retried} retried once on a new connection`;
 }
 
 const podsPath = (namespace: string, selector?: string) =>
@@ -117,9 +117,7 @@ async function bindAppTo(host: string): Promise<void> {
   const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
   const app = deployment.spec?.template.spec?.containers.find((c) => c.name === "app");
   const command = (app?.command ?? []).map((arg, i, all) => (all[i - 1] === "--host" ? host : arg));
-  // On loopback the kubelet cannot probe the app, and its preStop pause gives way to the sidecar's hook.
-  const loopback = host === "127.0.0.1";
-  const change = loopback ? { readinessProbe: null, lifecycle: null } : { readinessProbe: APP_READINESS };
+  const change = { readinessProbe: host === "127.0.0.1" ? null : APP_READINESS };
   await client.request("PATCH", PATHS.deployment(ns, name), {
     body: { spec: { template: { spec: { containers: [{ name: "app", command, ...change }] } } } },
     contentType: "application/strategic-merge-patch+json",
@@ -190,13 +188,8 @@ beforeAll(async () => {
       if (!text.includes('"0.0.0.0"')) throw new Error("deployment.yaml: uvicorn --host 127.0.0.1 not found");
       const deployment = JSON.parse(text) as V1Deployment;
       const app = deployment.spec?.template.spec?.containers.find((c) => c.name === "app");
-      // A careful team's zero-downtime settings: its own readiness probe, and a preStop pause so
-      // Services forget a terminating pod before uvicorn stops listening.
-      if (app)
-        Object.assign(app, {
-          readinessProbe: APP_READINESS,
-          lifecycle: { preStop: { sleep: { seconds: 5 } } },
-        });
+      // The team's own readiness probe (on loopback, later, the kubelet cannot reach the app).
+      if (app) app.readinessProbe = APP_READINESS;
       await create(client, deployment as KubeObject);
     } else await create(client, object);
   }
@@ -552,7 +545,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     figure(`unprotect a live Service: ${describeLoad(report)}`);
     expect(report.samples).toEqual([]);
     expect(userVisible(await client.get(PATHS.service(ns, name)))).toEqual(before.service);
-    // The team's own changes since (loopback and back, its preStop pause dropped) stay; ours are all gone.
+    // The team's own changes since (loopback and back) stay; ours are all gone.
     const restored = await client.get<V1Deployment>(PATHS.deployment(ns, name));
     const text = JSON.stringify({ spec: restored.spec, annotations: restored.metadata?.annotations });
     expect(text).not.toMatch(/portcullis\.dev\/|"name":"portcullis|\/prestop/);

@@ -1,6 +1,9 @@
 // A bounded, open-loop load for the real node's "no request lost" scenarios: requests go out at a
 // fixed rate whatever the responses do (a closed loop would slow down exactly when something breaks),
 // over keep-alive connections as a service client's would, and every answer is counted.
+// Like Go's net/http and browsers, a GET whose connection failed before any response (reset, refused,
+// or closed by the server as the request went out) is retried once on a new connection: counted as
+// `retried`, and lost only if the retry fails too. An HTTP error status is never retried.
 import { Agent, request } from "undici";
 
 export interface LoadRequest {
@@ -14,6 +17,8 @@ export interface LoadReport {
   sent: number;
   /** Answered with an expected status. */
   ok: number;
+  /** Connection-level failures retried once, transparently. */
+  retried: number;
   /** status (or error code) -> count, for everything not ok. */
   failures: Record<string, number>;
   /** The first few failures, with when they happened (ms since the start) and what was asked. */
@@ -26,6 +31,19 @@ export interface RunningLoad {
   stop(): Promise<LoadReport>;
   /** The report so far (requests still in flight not counted). */
   peek(): LoadReport;
+}
+
+/** Failures where the request never got an answer from the server it reached, if it reached one. */
+const CONNECTION_FAILURES = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "EPIPE",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
+
+function errorCode(error: unknown): string {
+  return error instanceof Error && "code" in error ? String(error.code) : String(error);
 }
 
 export function startLoad(options: {
@@ -44,7 +62,7 @@ export function startLoad(options: {
     connect: { timeout: 5_000 },
   });
   const started = Date.now();
-  const report: LoadReport = { sent: 0, ok: 0, failures: {}, samples: [], seconds: 0 };
+  const report: LoadReport = { sent: 0, ok: 0, retried: 0, failures: {}, samples: [], seconds: 0 };
   const inflight = new Set<Promise<void>>();
   const fail = (what: string, req: LoadRequest) => {
     report.failures[what] = (report.failures[what] ?? 0) + 1;
@@ -53,21 +71,25 @@ export function startLoad(options: {
   const send = (i: number) => {
     const req = options.next(i);
     report.sent++;
-    const done = request(`${options.origin}${req.path}`, {
-      dispatcher: agent,
-      headers: req.headers ?? {},
-      headersTimeout: 30_000,
-      bodyTimeout: 30_000,
-    })
+    const attempt = () =>
+      request(`${options.origin}${req.path}`, {
+        dispatcher: agent,
+        headers: req.headers ?? {},
+        headersTimeout: 30_000,
+        bodyTimeout: 30_000,
+      });
+    const done = attempt()
+      .catch((error: unknown) => {
+        if (!CONNECTION_FAILURES.has(errorCode(error))) throw error;
+        report.retried++;
+        return attempt();
+      })
       .then(async (response) => {
         await response.body.dump();
         if (req.expect.includes(response.statusCode)) report.ok++;
         else fail(String(response.statusCode), req);
       })
-      .catch((error: unknown) => {
-        const code = error instanceof Error && "code" in error ? String(error.code) : String(error);
-        fail(code, req);
-      })
+      .catch((error: unknown) => fail(errorCode(error), req))
       .finally(() => inflight.delete(done));
     inflight.add(done);
   };

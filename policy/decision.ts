@@ -19,7 +19,8 @@ export type Requirement =
   | { allRoles: readonly string[] }
   | { defaultAction: CompiledPolicy["defaultAction"] };
 
-export type Outcome = "allow" | "deny" | "unauthenticated";
+/** As the access line says it: allow, deny (403 or 429), unauthenticated (401), invalid (400). */
+export type Outcome = "allow" | "deny" | "unauthenticated" | "invalid";
 
 export interface Explanation {
   /** The matched rule's name; absent when no rule matched. */
@@ -30,8 +31,8 @@ export interface Explanation {
   /** The mode the decision is carried out in (the rule's, else the policy's). */
   mode: Mode;
   decision: Outcome;
-  /** 401 or 403 when refused. */
-  status?: 401 | 403;
+  /** The refusal's status (401, 403, 400, 429); absent when allowed. */
+  status?: number;
   /** The proxy's reason code, as in the access line: public, roles, missing-roles, no-credential... */
   reason: string;
   /** The roles the token maps to, when a token was read. */
@@ -77,7 +78,11 @@ export interface DecisionFacts {
   decision: Outcome;
   reason: string;
   roles?: readonly string[];
+  /** The refusal's status when not the outcome's usual one (429 for a rate limit). */
+  status?: number;
 }
+
+const USUAL_STATUS = { deny: 403, unauthenticated: 401, invalid: 400 } as const;
 
 /** Explains a decision already made (the proxy's refusals, and `decide` below). */
 export function explain(policy: CompiledPolicy, facts: DecisionFacts): Explanation {
@@ -88,7 +93,7 @@ export function explain(policy: CompiledPolicy, facts: DecisionFacts): Explanati
     requires,
     mode: modeOf(rule, policy),
     decision: facts.decision,
-    ...(facts.decision === "allow" ? {} : { status: facts.decision === "deny" ? 403 : 401 }),
+    ...(facts.decision === "allow" ? {} : { status: facts.status ?? USUAL_STATUS[facts.decision] }),
     reason: facts.reason,
     why: "",
   };

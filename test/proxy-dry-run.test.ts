@@ -145,6 +145,30 @@ describe("a policy in DryRun", () => {
       "internal 403": 1,
     });
   });
+  it("forwards what a rate limit would refuse (429), and counts it", async () => {
+    const token = await stack.token("writer");
+    const statuses = await Promise.all(
+      Array.from({ length: 30 }, async () => {
+        const response = await fetch(`${stack.proxy.url}/orders`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ item: "beans" }),
+        });
+        await response.arrayBuffer();
+        return response.status;
+      }),
+    );
+    // The limit lets a burst of 10 through: 30 at once go over it, yet every one is forwarded.
+    expect(new Set(statuses)).toEqual(new Set([201]));
+    const limited = stack.proxy.logs.filter((l) => l.msg === "request" && l.reason === "rate-limited");
+    expect(limited.length).toBeGreaterThan(0);
+    expect(limited[0]).toMatchObject({
+      decision: "would_deny",
+      wouldStatus: 429,
+      rateLimit: "writes-per-client",
+    });
+    expect((await wouldDenyCounts(metrics))["write-orders 429"]).toBe(limited.length);
+  });
 });
 
 describe("one rule in DryRun in an enforcing policy", () => {

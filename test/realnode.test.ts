@@ -3,7 +3,8 @@
 // pods under the chart's RBAC; real tokens from a real IdP (reached from inside the pods, over https
 // with a private CA) go through the Service's ClusterIP (kube-proxy) to the sidecar and the app.
 // Figures the scenarios measure are printed as `realnode:` lines.
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { V1ConfigMap, V1Deployment, V1Pod, V1Service } from "@kubernetes/client-node";

@@ -16,12 +16,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { CoreV1Api, KubeConfig, type V1Node } from "@kubernetes/client-node";
 import { freePort } from "../../examples/free-port.ts";
-import { controlPlaneBinDir } from "../support/controlplane.ts";
 import {
   issueClientCertificate,
   issueControlPlanePki,
   issueServingCertificate,
 } from "../support/controlplane-pki.ts";
+import { controlPlaneBinDir } from "../support/controlplane.ts";
 import {
   processExists,
   type SupervisedProcess,

@@ -28,6 +28,8 @@ const line: AccessLine = {
   clientId: "reader",
   roles: ["orders.read"],
   rateLimit: undefined,
+  wouldStatus: undefined,
+  explanation: undefined,
   status: 200,
   latencyMs: 1.234,
   upstreamMs: 0.567,

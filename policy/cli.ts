@@ -1,39 +1,41 @@
 #!/usr/bin/env node
-// `portcullis validate <file>...`: exit 0 when every file is valid (warnings printed), 1 when any has
-// an error (all of them listed), 2 on a usage error. Never a stack trace for bad input.
+// `portcullis <verb>`: the policy author's tools. One module per verb under cli/. Exit status: 0 the
+// check passed, 1 it ran and failed, 2 a usage or input error (one line, never a stack trace).
 
-import { readFileSync } from "node:fs";
-import { formatProblem, hasErrors } from "./problems.ts";
-import { validatePolicyText } from "./validate.ts";
+import { COVERAGE_USAGE, coverageCommand } from "./cli/coverage.ts";
+import { EXPLAIN_USAGE, explainCommand } from "./cli/explain.ts";
+import { INIT_USAGE, initCommand } from "./cli/init.ts";
+import { INPUT_ERROR, InputError } from "./cli/input.ts";
+import { TEST_USAGE, testCommand } from "./cli/test-cases.ts";
+import { VALIDATE_USAGE, validateCommand } from "./cli/validate.ts";
 
-const USAGE = "usage: portcullis validate <policy.yaml>...";
+const VERBS: Readonly<Record<string, (args: readonly string[]) => number>> = {
+  validate: validateCommand,
+  test: testCommand,
+  explain: explainCommand,
+  coverage: coverageCommand,
+  init: initCommand,
+};
 
-function validateFile(file: string): boolean {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    console.error(`${file}: cannot read: ${code === "ENOENT" ? "no such file" : (code ?? String(e))}`);
-    return false;
-  }
-  const { problems } = validatePolicyText(text);
-  for (const problem of problems) console.log(`${file}: ${formatProblem(problem)}`);
-  const ok = !hasErrors(problems);
-  const errors = problems.filter((p) => p.severity === "error").length;
-  console.log(ok ? `${file}: OK` : `${file}: ${errors} error${errors === 1 ? "" : "s"}`);
-  return ok;
-}
+const USAGE = [VALIDATE_USAGE, TEST_USAGE, EXPLAIN_USAGE, COVERAGE_USAGE, INIT_USAGE].join("\n");
 
 export function main(argv: readonly string[]): number {
-  const [command, ...files] = argv;
-  if (command !== "validate" || files.length === 0) {
-    console.error(USAGE);
-    return 2;
+  const [verb, ...args] = argv;
+  const command = verb === undefined ? undefined : VERBS[verb];
+  if (command === undefined) {
+    console.error(
+      verb === undefined || verb === "--help" ? USAGE : `unknown command ${JSON.stringify(verb)}\n${USAGE}`,
+    );
+    return INPUT_ERROR;
   }
-  let ok = true;
-  for (const file of files) ok = validateFile(file) && ok;
-  return ok ? 0 : 1;
+  try {
+    return command(args);
+  } catch (e) {
+    if (!(e instanceof InputError)) throw e;
+    console.error(e.message);
+    for (const line of e.details) console.error(line);
+    return INPUT_ERROR;
+  }
 }
 
 if (import.meta.main) process.exitCode = main(process.argv.slice(2));

@@ -3,7 +3,7 @@
 
 import { compileRoleMappings, type RoleMapper } from "./roles.ts";
 import { compileRules, type RuleMatch } from "./rule-matcher.ts";
-import type { AccessPolicyDocument, AccessPolicySpec, Issuer, RateLimit, Rule } from "./schema.ts";
+import type { AccessPolicyDocument, AccessPolicySpec, Issuer, Mode, RateLimit, Rule } from "./schema.ts";
 import { canonicalHeaderName } from "./semantics.ts";
 
 export type RuleAction =
@@ -18,6 +18,8 @@ export interface CompiledRule {
   methods?: readonly string[];
   action: RuleAction;
   rateLimits: readonly RateLimit[];
+  /** Set only when the rule names its own mode; otherwise the policy's applies. */
+  mode?: Mode;
 }
 
 export interface IdentityHeaderNames {
@@ -37,6 +39,10 @@ export interface CompiledPolicy {
   spec: AccessPolicySpec;
   matchRule(method: string, path: string): RuleMatch<CompiledRule> | undefined;
   defaultAction: "Deny" | "AllowAuthenticated";
+  /** spec.mode: for rules without their own mode, and requests no rule matches. */
+  mode: Mode;
+  /** Some rule or the policy is in DryRun: refusals may be forwarded (the proxy checks only then). */
+  dryRun: boolean;
   /** By exact `iss`. */
   issuers: ReadonlyMap<string, Issuer>;
   rolesFor: RoleMapper;
@@ -76,6 +82,7 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     ...(rule.methods ? { methods: rule.methods } : {}),
     action: ruleAction(rule),
     rateLimits: limitsByRule.get(rule.name) ?? [],
+    ...(rule.mode ? { mode: rule.mode } : {}),
   }));
   const matcher = compileRules(rules);
   const h = spec.identityHeaders;
@@ -107,6 +114,8 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     spec,
     matchRule: (method, path) => matcher.match(method, path),
     defaultAction: spec.authorization.defaultAction,
+    mode: spec.mode,
+    dryRun: spec.mode === "DryRun" || rules.some((rule) => rule.mode === "DryRun"),
     issuers: new Map(spec.authentication.issuers.map((i) => [i.issuer, i])),
     rolesFor: compileRoleMappings(spec.authorization.roleMappings),
     identityHeaders,

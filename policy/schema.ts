@@ -260,6 +260,11 @@ export const RoleMapping = Type.Object(
   { additionalProperties: false, description: "Grants roles from the values of one claim." },
 );
 
+export const MODES = ["Enforce", "DryRun"] as const;
+
+const modeDescription =
+  "Enforce: refusals are answered (401, 403, 429). DryRun: every request is forwarded, and the decision the policy would have made is logged (`decision: would_deny`) and counted (portcullis_dry_run_would_deny_total); a request without a valid token reaches the app with no identity headers. Malformed requests (400) are refused in both modes.";
+
 export const Rule = Type.Object(
   {
     name: Name("A unique name, used in logs, metrics, and rate limits."),
@@ -292,6 +297,7 @@ export const Rule = Type.Object(
         description: "A valid token holding every one of these roles.",
       }),
     ),
+    mode: Type.Optional(stringEnum(MODES, `This rule's mode; default: spec.mode. ${modeDescription}`)),
   },
   {
     additionalProperties: false,
@@ -459,6 +465,13 @@ export const Sidecar = Type.Object(
 
 export const AccessPolicySpec = Type.Object(
   {
+    mode: stringEnum(
+      MODES,
+      `How refusals are carried out for every rule without its own mode, and for requests no rule matches. ${modeDescription}`,
+      {
+        default: "Enforce",
+      },
+    ),
     selector: LabelSelector,
     upstream: Upstream,
     listener: Listener,
@@ -568,6 +581,7 @@ export type Condition = Static<typeof Condition>;
 export type Target = Static<typeof Target>;
 export type LabelSelector = Static<typeof LabelSelector>;
 export type Method = (typeof METHODS)[number];
+export type Mode = (typeof MODES)[number];
 export type Algorithm = (typeof ALGORITHMS)[number];
 
 /** An AccessPolicy as served by the API server. */

@@ -5,6 +5,7 @@
 
 import { ecsFormat } from "@elastic/ecs-pino-format";
 import pino from "pino";
+import type { Explanation } from "../policy/decision.ts";
 import type { LogFormat, LogLevel } from "./config.ts";
 
 export interface LoggerOptions {
@@ -231,6 +232,8 @@ const ECS_NAMES: Readonly<Record<string, string>> = {
   upstreamMs: "portcullis.upstream_ms",
   failure: "portcullis.failure",
   rateLimit: "portcullis.rate_limit",
+  wouldStatus: "portcullis.would_status",
+  explanation: "portcullis.explanation",
 };
 
 function toEcsFields(object: Record<string, unknown>): Record<string, unknown> {
@@ -265,6 +268,10 @@ export interface AccessLine {
   clientId: string | undefined;
   roles: readonly string[] | undefined;
   rateLimit: string | undefined;
+  /** Dry run: the status the policy would have answered with (decision would_deny). */
+  wouldStatus: number | undefined;
+  /** Why the policy refused, or would have refused, the request (policy/decision.ts). */
+  explanation: Explanation | undefined;
   status: number;
   latencyMs: number;
   upstreamMs: number | undefined;
@@ -306,6 +313,8 @@ const JSON_NAMES: Readonly<Record<keyof AccessLine, string>> = {
   clientId: ',"clientId":',
   roles: ',"roles":',
   rateLimit: ',"rateLimit":',
+  wouldStatus: ',"wouldStatus":',
+  explanation: ',"explanation":',
   status: ',"status":',
   latencyMs: ',"latencyMs":',
   upstreamMs: ',"upstreamMs":',
@@ -430,6 +439,8 @@ function renderAccessLine(writer: AccessWriter, line: AccessLine, time: number):
   text += names.reason + quoted(line.reason);
   text += identityFields(writer, line);
   if (line.rateLimit !== undefined) text += names.rateLimit + quoted(line.rateLimit);
+  if (line.wouldStatus !== undefined) text += names.wouldStatus + line.wouldStatus;
+  if (line.explanation !== undefined) text += names.explanation + JSON.stringify(line.explanation);
   text += names.status + line.status;
   text += names.latencyMs + writer.duration(line.latencyMs);
   if (line.upstreamMs !== undefined) text += names.upstreamMs + line.upstreamMs;

@@ -11,6 +11,8 @@ export interface RequestCompleted {
   status: number;
   seconds: number;
   upstreamSeconds?: number;
+  /** Dry run: the status the policy would have refused the request with. */
+  wouldStatus?: number;
 }
 
 export type ReloadOutcome = "success" | "error";
@@ -127,6 +129,13 @@ export function createProxyMetrics(): ProxyMetrics {
     help: "When the policy in force was loaded (Unix time).",
     registers: [register],
   });
+  // Counted only for requests a DryRun rule or policy let through: no cost on the enforcing path.
+  const wouldDeny = new Counter({
+    name: `${PREFIX}dry_run_would_deny_total`,
+    help: "Requests forwarded in DryRun that the policy would have refused, by rule and the status it would have answered.",
+    labelNames: ["rule", "status"] as const,
+    registers: [register],
+  });
   const uncaught = new Counter({
     name: `${PREFIX}uncaught_errors_total`,
     help: "Errors that escaped every handler (logged, process kept serving).",
@@ -141,6 +150,7 @@ export function createProxyMetrics(): ProxyMetrics {
       requestCounts.add(event.rule, event.decision, event.status);
       durations.observe(event.rule, event.seconds);
       if (event.upstreamSeconds !== undefined) upstreamDurations.observe(event.rule, event.upstreamSeconds);
+      if (event.wouldStatus !== undefined) wouldDeny.inc({ rule: event.rule, status: event.wouldStatus });
     },
     jwksFetch(issuer, outcome) {
       jwksFetches.inc({ issuer, outcome });

@@ -12,6 +12,8 @@ import type { TLSSocket } from "node:tls";
 import type pino from "pino";
 import type { Dispatcher } from "undici";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
+import { type Explanation, explain, modeOf } from "../policy/decision.ts";
+import type { RuleMatch } from "../policy/rule-matcher.ts";
 import { writeAccessLine } from "./access-log.ts";
 import type { AssertionSigner } from "./assertion.ts";
 import { type Credential, readCredential } from "./authn/credential.ts";
@@ -37,6 +39,8 @@ export interface RequestMetrics {
     status: number;
     seconds: number;
     upstreamSeconds?: number;
+    /** Dry run: the status the policy would have answered with. */
+    wouldStatus?: number;
   }): void;
 }
 
@@ -56,10 +60,11 @@ export interface ProxyContext {
 }
 
 /**
- * allow: forwarded; deny: 403; unauthenticated: 401; invalid: 400; error: the proxy or the upstream
- * failed (5xx, or the client left).
+ * allow: forwarded; deny: 403 (429 when rate-limited); unauthenticated: 401; invalid: 400; error: the
+ * proxy or the upstream failed (5xx, or the client left); would_deny: refused by a rule or policy in
+ * DryRun, so forwarded (`wouldStatus` says what it would have answered).
  */
-export type Decision = "allow" | "deny" | "unauthenticated" | "invalid" | "error";
+export type Decision = "allow" | "deny" | "unauthenticated" | "invalid" | "error" | "would_deny";
 
 /** The access log record of one request, filled in as the steps run. */
 export interface Exchange {
@@ -75,6 +80,10 @@ export interface Exchange {
   roles: readonly string[] | undefined;
   /** The limit that refused the request (reason "rate-limited"). */
   rateLimit: string | undefined;
+  /** Why the policy refused (or in dry run would have refused) the request; built only then. */
+  explanation: Explanation | undefined;
+  /** Dry run: the status the refusal would have had. */
+  wouldStatus: number | undefined;
   /** performance.now() at arrival. */
   start: number;
   /** Counted in ProxyContext.inFlight until completed (HTTP requests; not upgrades). */
@@ -210,32 +219,69 @@ export type Admission =
 
 const PUBLIC: Admission = { admitted: true, identity: undefined };
 
-function refusal(exchange: Exchange, decision: Decision, reason: string, problem: Problem): Admission {
-  exchange.decision = decision;
+/** What the refusal steps need besides the exchange: the policy and the rule match. */
+interface Decided {
+  policy: CompiledPolicy;
+  match: RuleMatch<CompiledRule> | undefined;
+}
+
+/**
+ * A refusal, explained on the exchange. Where the deciding rule (or the policy, when none matched) is
+ * in DryRun, the request is admitted instead, recorded as would_deny: with the verified identity when
+ * the token checked out, with none otherwise (the app then sees an anonymous request).
+ */
+function refusal(
+  exchange: Exchange,
+  decided: Decided,
+  decision: "deny" | "unauthenticated" | "invalid",
+  reason: string,
+  problem: Problem,
+  identity?: Identity,
+): Admission {
+  const { policy, match } = decided;
   exchange.reason = reason;
+  exchange.explanation = explain(policy, {
+    method: exchange.method,
+    path: exchange.path ?? "",
+    match,
+    decision,
+    reason,
+    status: problem.status,
+    ...(identity === undefined ? {} : { roles: identity.roles }),
+  });
+  if (policy.dryRun && modeOf(match?.rule, policy) === "DryRun") {
+    exchange.decision = "would_deny";
+    exchange.wouldStatus = problem.status;
+    return identity === undefined ? PUBLIC : { admitted: true, identity };
+  }
+  exchange.decision = decision;
   return { admitted: false, problem };
 }
 
 /** 429 with Retry-After; the access line names the limit. */
-function rateLimited(exchange: Exchange, verdict: { limit: string; retryAfterSeconds: number }): Admission {
+function rateLimited(
+  exchange: Exchange,
+  decided: Decided,
+  verdict: { limit: string; retryAfterSeconds: number },
+  identity?: Identity,
+): Admission {
   exchange.rateLimit = verdict.limit;
-  return refusal(exchange, "deny", "rate-limited", {
-    ...PROBLEMS.tooManyRequests,
-    retryAfterSeconds: verdict.retryAfterSeconds,
-  });
+  const problem = { ...PROBLEMS.tooManyRequests, retryAfterSeconds: verdict.retryAfterSeconds };
+  return refusal(exchange, decided, "deny", "rate-limited", problem, identity);
 }
 
-function admitPublic(exchange: Exchange, verdict: RateLimitVerdict): Admission {
-  return verdict.allowed ? PUBLIC : rateLimited(exchange, verdict);
+function admitPublic(exchange: Exchange, decided: Decided, verdict: RateLimitVerdict): Admission {
+  return verdict.allowed ? PUBLIC : rateLimited(exchange, decided, verdict);
 }
 
 function admitIdentity(
   exchange: Exchange,
+  decided: Decided,
   reason: Authorization["reason"],
   identity: Identity,
   verdict: RateLimitVerdict,
 ): Admission {
-  if (!verdict.allowed) return rateLimited(exchange, verdict);
+  if (!verdict.allowed) return rateLimited(exchange, decided, verdict, identity);
   exchange.decision = "allow";
   exchange.reason = reason;
   return { admitted: true, identity };
@@ -250,20 +296,23 @@ export function admit(
   target: { path: string; query: string },
 ): Admission | Promise<Admission> {
   const { policy } = runtime;
-  const rule = matchRule(policy, exchange.method, target.path);
+  const match = policy.matchRule(exchange.method, target.path);
+  const rule = match?.rule;
+  const decided: Decided = { policy, match };
   exchange.rule = rule?.name;
   if (rule?.action.kind === "public") {
     exchange.decision = "allow";
     exchange.reason = "public";
     const limited = checkRateLimit(ctx.rateLimiter, rule, undefined, req);
-    if (limited instanceof Promise) return limited.then((verdict) => admitPublic(exchange, verdict));
-    return admitPublic(exchange, limited);
+    if (limited instanceof Promise) return limited.then((verdict) => admitPublic(exchange, decided, verdict));
+    return admitPublic(exchange, decided, limited);
   }
-  if (rule?.action.kind === "deny") return refusal(exchange, "deny", "deny-rule", PROBLEMS.forbidden);
+  if (rule?.action.kind === "deny")
+    return refusal(exchange, decided, "deny", "deny-rule", PROBLEMS.forbidden);
 
   const credential = readBearer(req, target.query, runtime.verifier);
   if (credential.kind === "none") {
-    return refusal(exchange, "unauthenticated", "no-credential", PROBLEMS.missingToken);
+    return refusal(exchange, decided, "unauthenticated", "no-credential", PROBLEMS.missingToken);
   }
   if (credential.kind === "invalid") {
     const problem =
@@ -274,6 +323,7 @@ export function admit(
           : PROBLEMS.missingToken;
     return refusal(
       exchange,
+      decided,
       credential.status === 400 ? "invalid" : "unauthenticated",
       credential.reason,
       problem,
@@ -281,36 +331,39 @@ export function admit(
   }
   const verification = verifyBearer(runtime.verifier, credential);
   if (verification instanceof Promise) {
-    return verification.then((verified) => admitVerified(ctx, policy, rule, req, exchange, verified));
+    return verification.then((verified) => admitVerified(ctx, decided, req, exchange, verified));
   }
-  return admitVerified(ctx, policy, rule, req, exchange, verification);
+  return admitVerified(ctx, decided, req, exchange, verification);
 }
 
 /** The steps after verification: roles, authorization, rate limit. */
 function admitVerified(
   ctx: ProxyContext,
-  policy: CompiledPolicy,
-  rule: CompiledRule | undefined,
+  decided: Decided,
   req: IncomingMessage,
   exchange: Exchange,
   verification: Verification,
 ): Admission | Promise<Admission> {
   if (!verification.ok) {
-    return refusal(exchange, "unauthenticated", verification.reason, PROBLEMS.invalidToken);
+    return refusal(exchange, decided, "unauthenticated", verification.reason, PROBLEMS.invalidToken);
   }
+  const { policy } = decided;
+  const rule = decided.match?.rule;
   const { identity } = verification;
   exchange.subject = identity.subject;
   exchange.clientId = identity.clientId;
   exchange.roles = identity.roles;
   const authorization = authorizeRoles(rule, policy, identity);
   if (!authorization.allow) {
-    return refusal(exchange, "deny", authorization.reason, PROBLEMS.insufficientScope);
+    return refusal(exchange, decided, "deny", authorization.reason, PROBLEMS.insufficientScope, identity);
   }
   const limited = checkRateLimit(ctx.rateLimiter, rule, identity, req);
   if (limited instanceof Promise) {
-    return limited.then((verdict) => admitIdentity(exchange, authorization.reason, identity, verdict));
+    return limited.then((verdict) =>
+      admitIdentity(exchange, decided, authorization.reason, identity, verdict),
+    );
   }
-  return admitIdentity(exchange, authorization.reason, identity, limited);
+  return admitIdentity(exchange, decided, authorization.reason, identity, limited);
 }
 
 /**
@@ -349,6 +402,8 @@ export function newExchange(requestId: string, method: string, start: number, co
     clientId: undefined,
     roles: undefined,
     rateLimit: undefined,
+    explanation: undefined,
+    wouldStatus: undefined,
     start,
     counted,
     completed: false,
@@ -382,6 +437,8 @@ export function completeExchange(
     clientId: exchange.clientId,
     roles: exchange.roles,
     rateLimit: exchange.rateLimit,
+    wouldStatus: exchange.wouldStatus,
+    explanation: exchange.explanation,
     status,
     latencyMs: Math.round(latencyMs * 1000) / 1000,
     upstreamMs: upstreamMs === undefined ? undefined : Math.round(upstreamMs * 1000) / 1000,
@@ -393,6 +450,7 @@ export function completeExchange(
     status,
     seconds: latencyMs / 1000,
     upstreamSeconds: upstreamMs === undefined ? undefined : upstreamMs / 1000,
+    wouldStatus: exchange.wouldStatus,
   });
 }
 

@@ -12,21 +12,12 @@ import {
   jwtVerify,
 } from "jose";
 import type { CompiledPolicy } from "../../policy/compile.ts";
-import { claimValues } from "../../policy/roles.ts";
+import { type Identity, identityFromClaims } from "../../policy/identity.ts";
 import { MAX_TOKEN_LENGTH } from "./credential.ts";
 import { type FetchObserver, type KeySetRegistry, KeysUnavailable, type RemoteKeySet } from "./key-set.ts";
 import { checkNumericDates } from "./numeric-date.ts";
 
-export interface Identity {
-  issuer: string;
-  subject?: string;
-  clientId?: string;
-  scopes: readonly string[];
-  roles: readonly string[];
-  claims: Readonly<Record<string, unknown>>;
-  /** Epoch seconds. */
-  expiresAt: number;
-}
+export type { Identity };
 
 /** `reason` is a short code for logs and metrics; it never carries token material. */
 export type Verification = { ok: true; identity: Identity } | { ok: false; reason: VerificationFailure };
@@ -188,7 +179,7 @@ export function createBearerVerifier(
     }
     const dates = checkNumericDates(payload);
     if (!dates.ok) return fail(dates.problem === "missing" ? "missing_exp" : "bad_numeric_date");
-    const identity = identityOf(payload, issuer.issuer, dates.exp, policy.rolesFor);
+    const identity = identityFromClaims(payload, issuer.issuer, dates.exp, policy.rolesFor);
     // Cache only what can be tied to one published key: a kid that occurs once in the current set.
     const kid = header.kid;
     const fingerprint = typeof kid === "string" ? issuer.keySet.fingerprint(kid) : undefined;
@@ -305,30 +296,6 @@ function failureOf(error: unknown): VerificationFailure {
   // jose throws TypeError for keys it refuses to use (e.g. an RSA modulus under 2048 bits).
   if (error instanceof TypeError) return "bad_key";
   return "internal";
-}
-
-function identityOf(
-  payload: JWTPayload,
-  issuer: string,
-  expiresAt: number,
-  rolesFor: CompiledPolicy["rolesFor"],
-): Identity {
-  const claims = Object.freeze(payload) as Readonly<Record<string, unknown>>;
-  const subject = typeof payload.sub === "string" ? payload.sub : undefined;
-  const clientId = firstString(claims.client_id, claims.azp, claims.cid);
-  const scopes = Object.freeze(
-    typeof claims.scope === "string" ? claimValues(claims.scope) : claimValues(claims.scp),
-  );
-  const roles = Object.freeze(rolesFor(claims, issuer));
-  const identity: Identity = { issuer, scopes, roles, claims, expiresAt };
-  if (subject !== undefined) identity.subject = subject;
-  if (clientId !== undefined) identity.clientId = clientId;
-  return Object.freeze(identity);
-}
-
-function firstString(...values: unknown[]): string | undefined {
-  for (const value of values) if (typeof value === "string" && value !== "") return value;
-  return undefined;
 }
 
 // The cache key: a hash of the token's last characters (signature bytes, unpredictable without the

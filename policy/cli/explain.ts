@@ -1,0 +1,127 @@
+// `portcullis explain <policy> --method GET --path /orders/7 [--claims file.json | --token JWT] [--json]`:
+// the rule that matches, the roles the token maps to, the decision and why. A token is decoded, never
+// verified (the CLI holds no keys): the output says so, and notes what the proxy would still refuse.
+
+import { decodeJwt } from "jose";
+import type { CompiledPolicy } from "../compile.ts";
+import { decide, type Explanation, type Requirement } from "../decision.ts";
+import type { Claims } from "../roles.ts";
+import { METHODS } from "../schema.ts";
+import { InputError, isRecord, parseCommandLine, readJson, readPolicy } from "./input.ts";
+
+export const EXPLAIN_USAGE =
+  "usage: portcullis explain <policy.yaml> --method GET --path /orders/7 [--claims claims.json | --token JWT] [--json]";
+
+function describeRequirement(requires: Requirement): string {
+  if ("public" in requires) return "nothing (public)";
+  if ("deny" in requires) return "nothing can pass (deny)";
+  if ("anyRole" in requires) return `any of [${requires.anyRole.join(", ")}]`;
+  if ("allRoles" in requires) return `all of [${requires.allRoles.join(", ")}]`;
+  return requires.defaultAction === "Deny"
+    ? "defaultAction Deny: refused"
+    : "defaultAction AllowAuthenticated: any valid token";
+}
+
+function decodeToken(token: string): Claims {
+  try {
+    return decodeJwt(token);
+  } catch (e) {
+    throw new InputError(`--token: not a JWT: ${(e as Error).message}`);
+  }
+}
+
+/** What the proxy checks that a decoded token can show: issuer, audience, expiry. */
+function tokenNotes(policy: CompiledPolicy, claims: Claims, nowSeconds: number): string[] {
+  const notes: string[] = [];
+  const issuer = typeof claims.iss === "string" ? policy.issuers.get(claims.iss) : undefined;
+  if (issuer !== undefined) {
+    const audiences =
+      typeof claims.aud === "string" ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud : [];
+    if (!audiences.some((a) => issuer.audiences.includes(String(a)))) {
+      notes.push(
+        `aud ${JSON.stringify(claims.aud ?? null)} is not one of [${issuer.audiences.join(", ")}]: the proxy would answer 401`,
+      );
+    }
+  }
+  if (typeof claims.exp === "number" && claims.exp <= nowSeconds) {
+    notes.push(`expired at ${new Date(claims.exp * 1000).toISOString()}: the proxy would answer 401`);
+  }
+  return notes;
+}
+
+export function explainCommand(args: readonly string[]): number {
+  const { values, positionals } = parseCommandLine(
+    args,
+    {
+      method: { type: "string" },
+      path: { type: "string" },
+      claims: { type: "string" },
+      token: { type: "string" },
+      json: { type: "boolean" },
+    },
+    EXPLAIN_USAGE,
+  );
+  const [policyFile, ...rest] = positionals;
+  const { method, path } = values;
+  if (policyFile === undefined || rest.length > 0 || method === undefined || path === undefined) {
+    throw new InputError(EXPLAIN_USAGE);
+  }
+  if (!(METHODS as readonly string[]).includes(method)) {
+    throw new InputError(`--method: expected one of ${METHODS.join(", ")}, got ${JSON.stringify(method)}`);
+  }
+  if (!path.startsWith("/")) throw new InputError(`--path: must start with "/", got ${JSON.stringify(path)}`);
+  if (values.claims !== undefined && values.token !== undefined) {
+    throw new InputError("give --claims or --token, not both");
+  }
+  const policy = readPolicy(policyFile);
+  let claims: Claims | undefined;
+  let source = "none (no Authorization header)";
+  if (values.claims !== undefined) {
+    const read = readJson(values.claims);
+    if (!isRecord(read)) throw new InputError(`${values.claims}: expected a JSON object of claims`);
+    claims = read;
+    source = `claims from ${values.claims}`;
+  } else if (values.token !== undefined) {
+    claims = decodeToken(values.token);
+    source = "decoded, NOT verified: signature, audience and expiry are checked only by the proxy";
+  }
+  // The proxy matches the decoded path without its query.
+  const requestPath = path.split("?")[0] ?? path;
+  const explanation = decide(policy, { method, path: requestPath, ...(claims ? { claims } : {}) });
+  const notes = claims === undefined ? [] : tokenNotes(policy, claims, Math.floor(Date.now() / 1000));
+  if (values.json === true) {
+    console.log(JSON.stringify({ ...explanation, ...(notes.length > 0 ? { notes } : {}) }, null, 2));
+    return 0;
+  }
+  printExplanation(method, requestPath, explanation, claims, source, notes);
+  return 0;
+}
+
+function printExplanation(
+  method: string,
+  path: string,
+  e: Explanation,
+  claims: Claims | undefined,
+  source: string,
+  notes: readonly string[],
+): void {
+  const row = (label: string, value: string) => console.log(`  ${label.padEnd(9)} ${value}`);
+  console.log(`${method} ${path}`);
+  row("rule", e.rule === undefined ? "none matches" : `${e.rule} (${e.template})`);
+  row("requires", describeRequirement(e.requires));
+  row("token", source);
+  if (claims !== undefined) {
+    row("issuer", typeof claims.iss === "string" ? claims.iss : "(none)");
+    if (typeof claims.sub === "string") row("subject", claims.sub);
+  }
+  if (e.roles !== undefined) row("roles", `[${e.roles.join(", ")}]`);
+  row("decision", e.status === undefined ? "allow (forwarded)" : `${e.decision} (${e.status}, ${e.reason})`);
+  if (e.mode === "DryRun") {
+    row(
+      "mode",
+      e.status === undefined ? "DryRun" : "DryRun: forwarded anyway, logged and counted as would_deny",
+    );
+  }
+  row("why", e.why);
+  for (const note of notes) row("note", note);
+}

@@ -1,0 +1,135 @@
+// `portcullis explain`: the rule, the roles a token maps to and why, from claims or from a token that
+// is decoded and never verified (the output says so); bad input is one line and exit 2.
+import { writeFileSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { generateKeyPair, SignJWT } from "jose";
+import { beforeAll, describe, expect, it } from "vitest";
+import { portcullis } from "./support/cli.ts";
+
+const policy = "examples/fastapi/policy.yaml";
+let claimsFile = "";
+let notJson = "";
+let notObject = "";
+
+beforeAll(async () => {
+  const dir = await mkdtemp(join(tmpdir(), "portcullis-cli-explain-"));
+  claimsFile = join(dir, "claims.json");
+  writeFileSync(
+    claimsFile,
+    JSON.stringify({ iss: "http://127.0.0.1:9400", aud: "api://orders", sub: "bob", scope: "orders.write" }),
+  );
+  notJson = join(dir, "bad.json");
+  writeFileSync(notJson, "{ sub: bob }");
+  notObject = join(dir, "list.json");
+  writeFileSync(notObject, "[1]");
+});
+
+/** A token signed by a key no issuer publishes: explain must not care, and must say it did not verify. */
+async function unverifiableToken(claims: Record<string, unknown>): Promise<string> {
+  const { privateKey } = await generateKeyPair("ES256");
+  return new SignJWT(claims).setProtectedHeader({ alg: "ES256", kid: "nobody" }).sign(privateKey);
+}
+
+describe("portcullis explain", () => {
+  it("names the rule, the roles, the missing role and the decision from a claims file", async () => {
+    const { code, stdout } = await portcullis(
+      "explain",
+      policy,
+      "--method",
+      "DELETE",
+      "--path",
+      "/orders/7",
+      "--claims",
+      claimsFile,
+    );
+    expect(code).toBe(0);
+    expect(stdout).toBe(
+      [
+        "DELETE /orders/7",
+        "  rule      delete-order (/orders/{order_id:int})",
+        "  requires  all of [admin]",
+        `  token     claims from ${claimsFile}`,
+        "  issuer    http://127.0.0.1:9400",
+        "  subject   bob",
+        "  roles     [reader, writer]",
+        "  decision  deny (403, missing-roles)",
+        "  why       rule delete-order matches DELETE /orders/7 (/orders/{order_id:int}); it needs a token with all of [admin]; the token maps to roles [reader, writer], missing [admin]",
+        "",
+      ].join("\n"),
+    );
+  });
+
+  it("decodes a token without verifying it, says so, and notes what the proxy would still refuse", async () => {
+    const token = await unverifiableToken({
+      iss: "http://127.0.0.1:9400",
+      aud: "api://other",
+      scope: "orders.read",
+      exp: 1_000_000_000,
+    });
+    const { code, stdout } = await portcullis(
+      "explain",
+      policy,
+      "--method",
+      "GET",
+      "--path",
+      "/orders?page=2",
+      "--token",
+      token,
+    );
+    expect(code).toBe(0);
+    expect(stdout).toContain("GET /orders\n");
+    expect(stdout).toContain(
+      "  token     decoded, NOT verified: signature, audience and expiry are checked only by the proxy",
+    );
+    expect(stdout).toContain("  roles     [reader]");
+    expect(stdout).toContain("  decision  allow (forwarded)");
+    expect(stdout).toContain(
+      '  note      aud "api://other" is not one of [api://orders]: the proxy would answer 401',
+    );
+    expect(stdout).toContain("  note      expired at 2001-09-09T01:46:40.000Z: the proxy would answer 401");
+  });
+
+  it("explains a request without a token, and prints the same explanation as JSON", async () => {
+    const text = await portcullis("explain", policy, "--method", "GET", "--path", "/reports");
+    expect(text.stdout).toContain("  rule      none matches");
+    expect(text.stdout).toContain("  decision  unauthenticated (401, no-credential)");
+    const json = await portcullis("explain", policy, "--method", "GET", "--path", "/reports", "--json");
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({
+      requires: { defaultAction: "Deny" },
+      mode: "Enforce",
+      decision: "unauthenticated",
+      status: 401,
+      reason: "no-credential",
+      why: "no rule matches GET /reports; the default action Deny refuses every caller; the request has no token",
+    });
+  });
+
+  it("gives one clear line and exit 2 for bad input", async () => {
+    const base = ["explain", policy, "--method", "GET", "--path", "/orders"];
+    const expectations: [string[], RegExp][] = [
+      [[...base, "--token", "not.a.jwt"], /^--token: not a JWT: /],
+      [[...base, "--claims", "/nonexistent.json"], /^\/nonexistent\.json: cannot read: no such file$/],
+      [[...base, "--claims", notJson], /bad\.json: not valid JSON: /],
+      [[...base, "--claims", notObject], /list\.json: expected a JSON object of claims$/],
+      [[...base, "--claims", notObject, "--token", "x"], /^give --claims or --token, not both$/],
+      [["explain", policy, "--method", "FETCH", "--path", "/"], /^--method: expected one of GET, /],
+      [["explain", policy, "--method", "GET", "--path", "orders"], /^--path: must start with "\/"/],
+      [["explain", policy, "--method", "GET"], /^usage: portcullis explain/],
+      [["explain", policy, "--methd", "GET"], /^Unknown option '--methd'/],
+      [
+        ["explain", "test/fixtures/five-mistakes.yaml", "--method", "GET", "--path", "/"],
+        /not a valid policy/,
+      ],
+    ];
+    for (const [args, message] of expectations) {
+      const { code, stdout, stderr } = await portcullis(...args);
+      expect({ args, code }).toEqual({ args, code: 2 });
+      expect(stderr.split("\n")[0]).toMatch(message);
+      expect(stderr).not.toMatch(/\n\s+at /);
+      expect(stdout).toBe("");
+    }
+  });
+});

@@ -5,17 +5,9 @@
 // positive evidence is reported; a bind the template does not show (a config file, code) is not.
 
 import type { V1Container, V1EnvVar, V1PodSpec, V1Probe } from "@kubernetes/client-node";
+import type { ExposedPort } from "../policy/schema.ts";
 import { compare } from "./config.ts";
 import { appContainers } from "./sidecar.ts";
-
-/** An app port the pod template shows bound beyond loopback. */
-export interface ExposedPort {
-  container: string;
-  /** Absent when the evidence names no port and the server has no default (rare). */
-  port?: number;
-  /** What shows it, as written after expansion: `uvicorn --host 0.0.0.0`, `readinessProbe httpGet port 8000`. */
-  evidence: string;
-}
 
 /** Stands for `fieldRef: status.podIP` in an expanded value: an address beyond loopback by definition. */
 const POD_IP = "<pod IP>";

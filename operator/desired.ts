@@ -334,9 +334,15 @@ export function releaseOrphans(
   name: string,
   deployments: readonly V1Deployment[],
   services: readonly V1Service[],
-): Pick<ReconcileOutput, "deployments" | "services" | "events"> {
+  networkPolicies: readonly V1NetworkPolicy[] = [],
+): Pick<ReconcileOutput, "deployments" | "services" | "events" | "deleteNetworkPolicies"> {
   const ctx: ReleaseContext = { name, namespace, events: [] };
-  return { ...releaseMarked(ctx, deployments, services), events: ctx.events };
+  // Their ownerReference lets garbage collection remove them too; deleting them first frees the app
+  // port as soon as the Services go back to it.
+  const deleteNetworkPolicies = byName(
+    networkPolicies.filter((n) => n.metadata?.labels?.[POLICY_LABEL] === name),
+  ).map((n) => n.metadata?.name ?? "");
+  return { ...releaseMarked(ctx, deployments, services), events: ctx.events, deleteNetworkPolicies };
 }
 
 /** Every Service and Deployment marked as this policy's, given back (a deletion, or orphans). */

@@ -545,7 +545,8 @@ export const ExposedPort = Type.Object(
   },
   {
     additionalProperties: false,
-    description: "An app port the pod template shows listening beyond loopback: reachable around the sidecar.",
+    description:
+      "An app port the pod template shows listening beyond loopback: reachable around the sidecar.",
   },
 );
 

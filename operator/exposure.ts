@@ -298,15 +298,13 @@ function hostPortServer(
 /** The FastAPI CLI: `fastapi run` binds 0.0.0.0 unless told otherwise, `fastapi dev` 127.0.0.1. */
 function fastapiCli(args: readonly string[]): Bind[] {
   const command = args.find((a) => !a.startsWith("-"));
+  const invocation = command === undefined ? "fastapi" : `fastapi ${command}`;
   const hostFlag = optionValues(args, ["--host"]).at(-1);
   const port = toPort(optionValues(args, ["--port"]).at(-1) ?? "8000");
-  if (hostFlag !== undefined)
-    return [
-      { host: hostFlag, port, evidence: `fastapi ${command ?? ""} --host ${hostFlag}`.replace("  ", " ") },
-    ];
+  if (hostFlag !== undefined) return [{ host: hostFlag, port, evidence: `${invocation} --host ${hostFlag}` }];
   if (command === "run")
     return [{ host: "0.0.0.0", port, evidence: "fastapi run (its default host is 0.0.0.0)" }];
-  return [{ host: "127.0.0.1", port, evidence: `fastapi ${command ?? ""} (default host 127.0.0.1)` }];
+  return [{ host: "127.0.0.1", port, evidence: `${invocation} (default host 127.0.0.1)` }];
 }
 
 /**

@@ -39,6 +39,7 @@ const PLURALS: Readonly<Record<string, string>> = {
   Service: "services",
   AccessPolicy: "accesspolicies",
   Event: "events",
+  NetworkPolicy: "networkpolicies",
 };
 
 /** The path of an object from its apiVersion, kind and metadata. */

@@ -3,7 +3,7 @@
 
 import type { Condition } from "../policy/schema.ts";
 
-export const CONDITION_TYPES = ["Accepted", "Ready", "Conflict"] as const;
+export const CONDITION_TYPES = ["Accepted", "Ready", "Conflict", "AppPortExposed"] as const;
 export type ConditionType = (typeof CONDITION_TYPES)[number];
 
 /** A condition as decided by one reconcile, before it meets the previous status. */

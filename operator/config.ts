@@ -419,6 +419,16 @@ const expected = (choices: readonly string[], got: string) =>
 
 /** The ConfigMap holding a policy's document: `portcullis-<policy>`, shortened with a hash past 253 chars. */
 export function configMapName(policyName: string): string {
+  return prefixedName(policyName);
+}
+
+/** The NetworkPolicy fencing a protected Deployment's pods (spec.networkPolicy). */
+export function networkPolicyName(deploymentName: string): string {
+  return prefixedName(deploymentName);
+}
+
+/** `portcullis-<name>`, cut to an object name's 253 characters with a digest when longer. */
+function prefixedName(policyName: string): string {
   const name = `portcullis-${policyName}`;
   if (name.length <= 253) return name;
   const digest = createHash("sha256").update(policyName).digest("hex").slice(0, 10);

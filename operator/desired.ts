@@ -4,7 +4,15 @@
 // output, byte for byte; an input that already reflects the output gives `upToDate` everywhere and
 // no events, so a second reconcile writes nothing.
 
-import type { V1ConfigMap, V1Container, V1Deployment, V1Service, V1Volume } from "@kubernetes/client-node";
+import type {
+  V1ConfigMap,
+  V1Container,
+  V1Deployment,
+  V1LabelSelector,
+  V1NetworkPolicy,
+  V1Service,
+  V1Volume,
+} from "@kubernetes/client-node";
 import { stringify } from "yaml";
 import { formatProblem, type Problem } from "../policy/problems.ts";
 import {
@@ -13,6 +21,7 @@ import {
   type AccessPolicyStatus,
   API_VERSION,
   type Condition,
+  type ExposedPort,
   KIND,
   type Target,
 } from "../policy/schema.ts";
@@ -25,6 +34,7 @@ import {
   LISTENER_PORT_NAME,
   MANAGED_BY,
   MANAGED_BY_LABEL,
+  networkPolicyName,
   type OperatorConfig,
   ORIGINAL_TARGET_PORTS_ANNOTATION,
   POLICY_ANNOTATION,
@@ -34,6 +44,7 @@ import {
   SIDECAR_HASH_ANNOTATION,
   SIDECAR_NAME,
 } from "./config.ts";
+import { exposedAppPorts } from "./exposure.ts";
 import { matchesSelector, matchesServiceSelector } from "./selector.ts";
 import {
   canonicalJson,
@@ -67,6 +78,8 @@ export interface ReconcileInput {
   now: string;
   /** Deployment name -> why applying its intent failed this round: target state Error, Ready False. */
   failedDeployments?: Readonly<Record<string, string>>;
+  /** The NetworkPolicies labelled as this policy's (`portcullis.dev/policy`), as served. */
+  networkPolicies?: readonly V1NetworkPolicy[];
 }
 
 /** Server-side apply bodies: ONLY the fields the operator owns. Type aliases (not interfaces) so they
@@ -108,6 +121,17 @@ export type ConfigMapApply = {
   data: Record<string, string>;
 };
 
+export type NetworkPolicyApply = {
+  apiVersion: "networking.k8s.io/v1";
+  kind: "NetworkPolicy";
+  metadata: ConfigMapApply["metadata"];
+  spec: {
+    podSelector: V1LabelSelector;
+    policyTypes: ["Ingress"];
+    ingress: { ports: { protocol: "TCP"; port: number }[] }[];
+  };
+};
+
 export interface Intent<Body> {
   name: string;
   body: Body;
@@ -119,7 +143,7 @@ export interface Intent<Body> {
 
 export interface PolicyEvent {
   type: "Normal" | "Warning";
-  reason: "Protected" | "Removed" | "Invalid" | "Conflict";
+  reason: "Protected" | "Removed" | "Invalid" | "Conflict" | "AppPortExposed";
   message: string;
   regarding: { apiVersion: string; kind: string; name: string; namespace: string; uid?: string };
 }
@@ -133,6 +157,10 @@ export interface ReconcileOutput {
   deployments: Intent<DeploymentApply>[];
   /** Sorted by name. Apply after the Deployments; on release, before them. */
   services: Intent<ServiceApply>[];
+  /** Sorted by name. Apply last: a fence goes up once its Deployment's pods all run the sidecar. */
+  networkPolicies: Intent<NetworkPolicyApply>[];
+  /** Sorted. Delete first (a fence coming down never cuts traffic): released, unselected, or disabled. */
+  deleteNetworkPolicies: string[];
   status: AccessPolicyStatus;
   /** status equals the served status: nothing to write. */
   statusUpToDate: boolean;
@@ -164,11 +192,15 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     cmName: configMapName(name),
     native: useNativeSidecar(config.sidecarMode, input.serverVersion),
     events: [],
+    fences: new Map(),
+    keptFences: new Set(),
   };
 
   const out: ReconcileOutput = {
     deployments: [],
     services: [],
+    networkPolicies: [],
+    deleteNetworkPolicies: [],
     status: {},
     statusUpToDate: false,
     events: ctx.events,
@@ -182,6 +214,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     const released = releaseMarked(ctx, input.deployments, input.services);
     out.services = released.services;
     out.deployments = released.deployments;
+    out.deleteNetworkPolicies = byName(ownFences(ctx)).map((n) => n.metadata?.name ?? "");
     if (input.configMap !== undefined) out.deleteConfigMap = ctx.cmName;
     ready = {
       type: "Ready",
@@ -195,12 +228,19 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     const deployments = byName(
       input.deployments.filter((d) => carriedPolicy(d) === name || matchesSelector(selector, podLabels(d))),
     );
+    // While invalid every fence stays as it is, like the sidecars and the ConfigMap.
+    if (validation.policy === undefined)
+      for (const n of ownFences(ctx)) ctx.keptFences.add(n.metadata?.name ?? "");
     const claims = claimLookup(input);
     const held: Held[] = [];
     for (const d of deployments) {
       const target = reconcileDeployment(ctx, d, claims, validation.policy, held, out.deployments);
-      if (target !== undefined) targets.push(target);
+      if (target !== undefined) targets.push(withExposure(ctx, d, target));
     }
+    out.networkPolicies = [...ctx.fences.values()].sort((a, b) => compare(a.name, b.name));
+    out.deleteNetworkPolicies = byName(ownFences(ctx))
+      .map((n) => n.metadata?.name ?? "")
+      .filter((n) => !ctx.fences.has(n) && !ctx.keptFences.has(n));
     if (validation.policy !== undefined) {
       out.configMap = configMapIntent(ctx, validation.policy);
       const services = byName(
@@ -239,6 +279,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
             reason: "NoConflict",
             message: "no older AccessPolicy selects these Deployments",
           },
+      exposureVerdict(targets),
     ],
     policy.metadata.generation,
     input.now,
@@ -267,6 +308,10 @@ interface Context extends ReleaseContext {
   config: OperatorConfig;
   cmName: string;
   native: boolean;
+  /** NetworkPolicy name -> its intent, for the Deployments fenced this round. */
+  fences: Map<string, Intent<NetworkPolicyApply>>;
+  /** NetworkPolicies left as they are (an Error target, an invalid policy): neither applied nor deleted. */
+  keptFences: Set<string>;
 }
 
 /** A Deployment this policy holds and applies its sidecar to: what its Services may be pointed at. */
@@ -289,9 +334,15 @@ export function releaseOrphans(
   name: string,
   deployments: readonly V1Deployment[],
   services: readonly V1Service[],
-): Pick<ReconcileOutput, "deployments" | "services" | "events"> {
+  networkPolicies: readonly V1NetworkPolicy[] = [],
+): Pick<ReconcileOutput, "deployments" | "services" | "events" | "deleteNetworkPolicies"> {
   const ctx: ReleaseContext = { name, namespace, events: [] };
-  return { ...releaseMarked(ctx, deployments, services), events: ctx.events };
+  // Their ownerReference lets garbage collection remove them too; deleting them first frees the app
+  // port as soon as the Services go back to it.
+  const deleteNetworkPolicies = byName(
+    networkPolicies.filter((n) => n.metadata?.labels?.[POLICY_LABEL] === name),
+  ).map((n) => n.metadata?.name ?? "");
+  return { ...releaseMarked(ctx, deployments, services), events: ctx.events, deleteNetworkPolicies };
 }
 
 /** Every Service and Deployment marked as this policy's, given back (a deletion, or orphans). */
@@ -346,6 +397,8 @@ function reconcileDeployment(
   const upstream = resolveUpstreamPort(pod, valid.spec.upstream.port);
   const problems = upstream.ok ? portClashes(pod, valid.spec) : [upstream.message];
   if (!upstream.ok || problems.length > 0) {
+    // A Deployment that keeps its sidecar keeps its fence too.
+    if (ours) ctx.keptFences.add(networkPolicyName(dName));
     const message = `nothing applied: ${problems.join("; ")}`;
     return noteTarget(ctx, d, { kind: "Deployment", name: dName, state: "Error", message }, "Invalid");
   }
@@ -398,6 +451,8 @@ function reconcileDeployment(
     portNames: upstream.names,
     rolledOut: rollout.done,
   });
+  const fence = fenceIntent(ctx, d, valid.spec, rollout.done);
+  if (fence !== undefined) ctx.fences.set(fence.name, fence);
   if (!upToDate) {
     ctx.events.push(
       event(
@@ -512,6 +567,151 @@ function noteTarget(ctx: Context, d: V1Deployment, target: Target, reason: "Conf
     });
   }
   return target;
+}
+
+// --- the app's own port -----------------------------------------------------------------------
+
+/** The NetworkPolicies this policy owns (its label), as served. */
+function ownFences(ctx: Context): V1NetworkPolicy[] {
+  return (ctx.input.networkPolicies ?? []).filter((n) => n.metadata?.labels?.[POLICY_LABEL] === ctx.name);
+}
+
+/**
+ * The NetworkPolicy that admits ingress to a held Deployment's pods only on the sidecar's ports
+ * (spec.networkPolicy.enabled). It goes up once every pod runs the sidecar (before, the Service still
+ * sends traffic to the app's port); while a later rollout runs, the ports it admits now stay admitted
+ * too, so pods still on the old template keep their traffic.
+ */
+function fenceIntent(
+  ctx: Context,
+  d: V1Deployment,
+  spec: AccessPolicyDocument["spec"],
+  rolledOut: boolean,
+): Intent<NetworkPolicyApply> | undefined {
+  const settings = spec.networkPolicy;
+  const selector = d.spec?.selector;
+  if (settings?.enabled !== true || selector === undefined) return undefined;
+  const name = networkPolicyName(d.metadata?.name ?? "");
+  const seen = ownFences(ctx).find((n) => n.metadata?.name === name);
+  if (seen === undefined && !rolledOut) return undefined;
+  const ports = new Set([spec.listener.port, ...(settings.allowAdminPort ? [spec.sidecar.adminPort] : [])]);
+  if (!rolledOut) {
+    for (const rule of seen?.spec?.ingress ?? [])
+      for (const p of rule.ports ?? []) if (typeof p.port === "number") ports.add(p.port);
+  }
+  const podSelector: V1LabelSelector = {};
+  if (selector.matchLabels !== undefined) podSelector.matchLabels = selector.matchLabels;
+  if (selector.matchExpressions !== undefined) podSelector.matchExpressions = selector.matchExpressions;
+  const body: NetworkPolicyApply = {
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
+    metadata: {
+      name,
+      namespace: ctx.namespace,
+      labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [POLICY_LABEL]: ctx.name },
+    },
+    spec: {
+      podSelector,
+      policyTypes: ["Ingress"],
+      ingress: [
+        { ports: [...ports].sort((a, b) => a - b).map((port) => ({ protocol: "TCP" as const, port })) },
+      ],
+    },
+  };
+  const uid = ctx.input.policy.metadata.uid;
+  if (uid) {
+    body.metadata.ownerReferences = [
+      { apiVersion: API_VERSION, kind: KIND, name: ctx.name, uid, controller: true },
+    ];
+  }
+  const upToDate =
+    seen !== undefined &&
+    canonicalJson(seen.spec) === canonicalJson(body.spec) &&
+    Object.entries(body.metadata.labels).every(([k, v]) => seen.metadata?.labels?.[k] === v) &&
+    (!uid || (seen.metadata?.ownerReferences ?? []).some((r) => r.uid === uid && r.controller));
+  return { name, body, release: false, upToDate };
+}
+
+/**
+ * The target with the app ports its pod template shows bound beyond loopback, each marked `fenced`
+ * when this policy's NetworkPolicy covers the pods. Conflict targets are the older policy's to report.
+ * A Warning on the Deployment when that finding changes and some port is open.
+ */
+function withExposure(ctx: Context, d: V1Deployment, target: Target): Target {
+  if (target.state === "Conflict") return target;
+  const spec = ctx.input.policy.spec;
+  const sidecarPorts = [spec?.listener?.port, spec?.sidecar?.adminPort].filter(
+    (p): p is number => typeof p === "number",
+  );
+  const found = exposedAppPorts(d.spec?.template?.spec, sidecarPorts);
+  if (found.length === 0) return target;
+  const name = networkPolicyName(target.name);
+  const fenced =
+    ctx.fences.has(name) ||
+    (ctx.keptFences.has(name) && ownFences(ctx).some((n) => n.metadata?.name === name));
+  const exposedPorts: ExposedPort[] = found.map((f) => (fenced ? { ...f, fenced: true } : f));
+  const before = ctx.input.policy.status?.targets?.find(
+    (t) => t.kind === target.kind && t.name === target.name,
+  );
+  if (!fenced && canonicalJson(before?.exposedPorts) !== canonicalJson(exposedPorts)) {
+    ctx.events.push(
+      event(
+        ctx,
+        d,
+        "Warning",
+        "AppPortExposed",
+        clip(`${exposureList([{ ...target, exposedPorts }])}: ${REMEDY}`),
+      ),
+    );
+  }
+  return { ...target, exposedPorts };
+}
+
+const REMEDY =
+  "reachable on the pod IP without passing the sidecar. Bind the app to 127.0.0.1 (uvicorn --host 127.0.0.1, gunicorn -b 127.0.0.1:8000, fastapi run --host 127.0.0.1) and leave its probes to the sidecar's admin port (/readyz checks the app), or set spec.networkPolicy.enabled: true";
+
+function exposureList(targets: readonly Target[]): string {
+  return targets
+    .flatMap((t) =>
+      (t.exposedPorts ?? []).map(
+        (p) =>
+          `Deployment ${t.name}, container ${JSON.stringify(p.container)}${p.port === undefined ? "" : `, port ${p.port}`}: ${p.evidence}`,
+      ),
+    )
+    .join("; ");
+}
+
+/** AppPortExposed: True while some app port is bound beyond loopback and not fenced. */
+function exposureVerdict(targets: readonly Target[]): ConditionVerdict {
+  const open = targets
+    .map((t) => ({ ...t, exposedPorts: (t.exposedPorts ?? []).filter((p) => !p.fenced) }))
+    .filter((t) => t.exposedPorts.length > 0);
+  if (open.length > 0) {
+    return {
+      type: "AppPortExposed",
+      status: "True",
+      reason: "ListensBeyondLoopback",
+      message: clip(`${exposureList(open)}: ${REMEDY}`),
+    };
+  }
+  const fenced = targets.filter((t) => (t.exposedPorts ?? []).length > 0);
+  if (fenced.length > 0) {
+    return {
+      type: "AppPortExposed",
+      status: "False",
+      reason: "FencedByNetworkPolicy",
+      message: clip(
+        `${exposureList(fenced)}: fenced by the NetworkPolicies ${fenced.map((t) => networkPolicyName(t.name)).join(", ")}, which admit ingress to these pods only on the sidecar's ports (where the cluster's network plugin enforces NetworkPolicy)`,
+      ),
+    };
+  }
+  return {
+    type: "AppPortExposed",
+    status: "False",
+    reason: "NotExposed",
+    message:
+      "no target's command, args, env or kubelet probes show an app port bound beyond loopback (a bind set in a config file or in code is not seen)",
+  };
 }
 
 // --- conflicts --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import type { KubeConfig, V1Deployment } from "@kubernetes/client-node";
 import { API_VERSION, KIND, PLURAL } from "../policy/schema.ts";
 import { type AdminServer, startAdminServer } from "./admin.ts";
 import { Applier } from "./apply.ts";
-import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, type OperatorConfig } from "./config.ts";
+import { FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, type OperatorConfig, POLICY_LABEL } from "./config.ts";
 import { carriedPolicy } from "./desired.ts";
 import { type ApiCall, KubeClient, type KubeObject } from "./kube-client.ts";
 import { LeaderElector } from "./leader.ts";
@@ -97,6 +97,11 @@ export async function startOperator(options: StartOperatorOptions): Promise<Runn
       { apiVersion: "v1", kind: "ConfigMap", plural: "configmaps" },
       { ...watchOptions, labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY}` },
     ),
+    networkPolicies: new Informer(
+      client,
+      { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", plural: "networkpolicies" },
+      { ...watchOptions, labelSelector: `${MANAGED_BY_LABEL}=${MANAGED_BY}` },
+    ),
   };
   const informers = Object.values(caches) as Informer<KubeObject>[];
   const synced = () => informers.every((informer) => informer.hasSynced());
@@ -117,6 +122,10 @@ export async function startOperator(options: StartOperatorOptions): Promise<Runn
     for (const object of [...caches.deployments.list(), ...caches.services.list()]) {
       const marked = carriedPolicy(object as V1Deployment);
       if (marked !== undefined) keys.add(policyKey(object.metadata?.namespace ?? "", marked));
+    }
+    for (const object of caches.networkPolicies.list()) {
+      const owner = object.metadata?.labels?.[POLICY_LABEL];
+      if (owner !== undefined) keys.add(policyKey(object.metadata?.namespace ?? "", owner));
     }
     for (const key of keys) queue?.add(key);
   };

@@ -23,6 +23,12 @@ export const CLUSTER_ROLE_RULES: readonly V1PolicyRule[] = [
     resources: ["configmaps"],
     verbs: ["get", "list", "watch", "create", "patch", "delete"],
   },
+  // spec.networkPolicy: one per protected Deployment, the operator's own like the ConfigMaps.
+  {
+    apiGroups: ["networking.k8s.io"],
+    resources: ["networkpolicies"],
+    verbs: ["get", "list", "watch", "create", "patch", "delete"],
+  },
   { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
   { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"] },
   // Leader election.

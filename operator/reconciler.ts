@@ -1,7 +1,7 @@
 // One reconcile of one AccessPolicy: read the namespace from the informer caches, ask the pure core
 // what it should look like, and write the difference in the order the core's contract gives
 // (operator/README.md). Also maps watch events to the keys of the policies they concern.
-import type { V1ConfigMap, V1Deployment, V1Service } from "@kubernetes/client-node";
+import type { V1ConfigMap, V1Deployment, V1NetworkPolicy, V1Service } from "@kubernetes/client-node";
 import type { AccessPolicy } from "../policy/schema.ts";
 import type { Applier } from "./apply.ts";
 import { deepEqual } from "./apply.ts";
@@ -24,6 +24,8 @@ export interface Caches {
   deployments: Informer<KubeObject>;
   services: Informer<KubeObject>;
   configMaps: Informer<KubeObject>;
+  /** The operator's own (label app.kubernetes.io/managed-by=portcullis), like configMaps. */
+  networkPolicies: Informer<KubeObject>;
 }
 
 export interface ReconcileLog {
@@ -91,6 +93,7 @@ export class Reconciler {
         name,
         this.#caches.deployments.list(namespace) as V1Deployment[],
         this.#caches.services.list(namespace) as V1Service[],
+        this.#ownNetworkPolicies(namespace, name),
       );
       await this.#release({ ...orphans, finalizer: "none" }, namespace);
       return;
@@ -104,6 +107,7 @@ export class Reconciler {
       configMap: this.#caches.configMaps.get(namespace, configMapName(name)) as V1ConfigMap | undefined,
       serverVersion: this.#serverVersion,
       now: kubeTime(this.#now()),
+      networkPolicies: this.#ownNetworkPolicies(namespace, name),
     };
     const out = desired(input, this.#config);
     const policyObject = policy as unknown as KubeObject;
@@ -117,6 +121,8 @@ export class Reconciler {
     }
 
     const failures: string[] = [];
+    // Fences come down first: loosening never cuts traffic, and a restored Service may need the app port.
+    await this.#deleteNetworkPolicies(namespace, out.deleteNetworkPolicies);
     if (out.configMap && !out.configMap.upToDate) {
       const current = this.#caches.configMaps.get(namespace, out.configMap.name);
       await this.#applier.apply(out.configMap.body, current, true);
@@ -148,6 +154,20 @@ export class Reconciler {
       }
     }
 
+    // Fences last: each goes up only once the Services point at the sidecar of every pod it covers.
+    for (const intent of out.networkPolicies) {
+      if (intent.upToDate || deploymentsFailed) continue;
+      try {
+        await this.#applier.apply(
+          intent.body,
+          this.#caches.networkPolicies.get(namespace, intent.name),
+          true,
+        );
+      } catch (error) {
+        failures.push(`NetworkPolicy ${intent.name}: ${errorMessage(error)}`);
+      }
+    }
+
     const final = deploymentsFailed ? desired({ ...input, failedDeployments }, this.#config) : out;
     await this.#recordEvents(out);
     if (!final.statusUpToDate && !deepEqual(policy.status ?? {}, final.status)) {
@@ -166,10 +186,14 @@ export class Reconciler {
    * Deployments, then the ConfigMap and the policy's finalizer.
    */
   async #release(
-    out: Pick<ReconcileOutput, "deployments" | "services" | "events" | "finalizer" | "deleteConfigMap">,
+    out: Pick<
+      ReconcileOutput,
+      "deployments" | "services" | "events" | "finalizer" | "deleteConfigMap" | "deleteNetworkPolicies"
+    >,
     namespace: string,
     policy?: KubeObject,
   ): Promise<void> {
+    await this.#deleteNetworkPolicies(namespace, out.deleteNetworkPolicies);
     for (const intent of out.services) {
       if (intent.upToDate) continue;
       await this.#applier.apply(intent.body, this.#caches.services.get(namespace, intent.name), true);
@@ -194,6 +218,26 @@ export class Reconciler {
         await this.#applier.setFinalizer(policy, FINALIZER, false);
         // The queue runs one reconcile per key at a time: the deletion's comes after this one.
         this.#releasedByFinalizer.add(policyKey(namespace, policy.metadata?.name ?? ""));
+      } catch (error) {
+        if (!isApiError(error, 404)) throw error;
+      }
+    }
+  }
+
+  /** The NetworkPolicies in the cache labelled as this policy's. */
+  #ownNetworkPolicies(namespace: string, name: string): V1NetworkPolicy[] {
+    return (this.#caches.networkPolicies.list(namespace) as V1NetworkPolicy[]).filter(
+      (n) => n.metadata?.labels?.[POLICY_LABEL] === name,
+    );
+  }
+
+  async #deleteNetworkPolicies(namespace: string, names: readonly string[]): Promise<void> {
+    for (const name of names) {
+      try {
+        await this.#client.request(
+          "DELETE",
+          resourcePath("networking.k8s.io/v1", "networkpolicies", namespace, name),
+        );
       } catch (error) {
         if (!isApiError(error, 404)) throw error;
       }
@@ -243,7 +287,8 @@ export class Reconciler {
         if (marked !== undefined) names.add(marked);
         return [...names].map((n) => policyKey(namespace, n));
       }
-      case "configMaps": {
+      case "configMaps":
+      case "networkPolicies": {
         const owner = object.metadata?.labels?.[POLICY_LABEL] ?? old?.metadata?.labels?.[POLICY_LABEL];
         return owner === undefined ? [] : [policyKey(namespace, owner)];
       }

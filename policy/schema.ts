@@ -463,6 +463,26 @@ export const Sidecar = Type.Object(
   },
 );
 
+export const NetworkPolicySettings = Type.Object(
+  {
+    enabled: Type.Boolean({
+      default: false,
+      description:
+        "Own a NetworkPolicy per protected Deployment (portcullis-<deployment>) that admits ingress to its pods only on the sidecar's ports, so an app listening beyond loopback cannot be reached around the sidecar. Effective only where the cluster's network plugin enforces NetworkPolicy.",
+    }),
+    allowAdminPort: Type.Boolean({
+      default: true,
+      description:
+        "Admit the sidecar's admin port (sidecar.adminPort: /metrics for Prometheus, /healthz, /readyz, /jwks.json) besides the listener. The kubelet's probes come from the node, which most network plugins admit regardless.",
+    }),
+  },
+  {
+    additionalProperties: false,
+    description:
+      "Ingress fencing of the protected pods. Applied once a Deployment's pods all run the sidecar; removed with the policy, when the Deployment leaves the selector, or when disabled.",
+  },
+);
+
 export const AccessPolicySpec = Type.Object(
   {
     mode: stringEnum(
@@ -484,6 +504,7 @@ export const AccessPolicySpec = Type.Object(
       description: "Rate limits, each counting the requests of some rules.",
     }),
     sidecar: Sidecar,
+    networkPolicy: Type.Optional(NetworkPolicySettings),
   },
   {
     additionalProperties: false,
@@ -503,7 +524,10 @@ export const AccessPolicySpec = Type.Object(
 
 export const Condition = Type.Object(
   {
-    type: Type.String({ maxLength: 316, description: "The condition type: Accepted, Ready, Conflict." }),
+    type: Type.String({
+      maxLength: 316,
+      description: "The condition type: Accepted, Ready, Conflict, AppPortExposed.",
+    }),
     status: stringEnum(["True", "False", "Unknown"] as const, "True, False, or Unknown."),
     reason: Type.String({ maxLength: 1024, description: "A CamelCase reason for the last transition." }),
     message: Type.String({ maxLength: 32768, description: "A human-readable message." }),
@@ -517,12 +541,40 @@ export const Condition = Type.Object(
 
 export const TARGET_STATES = ["Protected", "Pending", "Conflict", "Error"] as const;
 
+export const ExposedPort = Type.Object(
+  {
+    container: Type.String({ description: "The app container." }),
+    port: Type.Optional(Type.Integer({ description: "The port, when the evidence names one." })),
+    evidence: Type.String({
+      description:
+        "What in the pod template shows the bind: a server flag or variable (uvicorn --host 0.0.0.0), or a kubelet probe on the port.",
+    }),
+    fenced: Type.Optional(
+      Type.Boolean({
+        description:
+          "The operator's NetworkPolicy admits ingress to these pods only on the sidecar's ports (where the network plugin enforces it).",
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      "An app port the pod template shows listening beyond loopback: reachable around the sidecar.",
+  },
+);
+
 export const Target = Type.Object(
   {
     kind: Type.String({ description: "The workload kind: Deployment." }),
     name: Type.String({ description: "The workload name." }),
     state: stringEnum(TARGET_STATES, "Protected, Pending, Conflict, or Error."),
     message: Type.Optional(Type.String({ description: "Why the target is in this state." })),
+    exposedPorts: Type.Optional(
+      Type.Array(ExposedPort, {
+        description:
+          "App ports the pod template shows bound beyond loopback (server flags, env, kubelet probes); see the AppPortExposed condition.",
+      }),
+    ),
   },
   { additionalProperties: false, description: "A selected workload." },
 );
@@ -532,7 +584,8 @@ export const AccessPolicyStatus = Type.Object(
     observedGeneration: Type.Optional(Type.Integer({ description: "The generation last reconciled." })),
     conditions: Type.Optional(
       Type.Array(Condition, {
-        description: "Accepted (the spec is valid), Ready (every target protected), Conflict.",
+        description:
+          "Accepted (the spec is valid), Ready (every target protected), Conflict, AppPortExposed (an app port reachable around the sidecar).",
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
       }),
@@ -579,6 +632,8 @@ export type RateLimit = Static<typeof RateLimit>;
 export type IdentityHeaders = Static<typeof IdentityHeaders>;
 export type Condition = Static<typeof Condition>;
 export type Target = Static<typeof Target>;
+export type ExposedPort = Static<typeof ExposedPort>;
+export type NetworkPolicySettings = Static<typeof NetworkPolicySettings>;
 export type LabelSelector = Static<typeof LabelSelector>;
 export type Method = (typeof METHODS)[number];
 export type Mode = (typeof MODES)[number];

@@ -1,7 +1,14 @@
 // The reconcile core, pure: fixture objects in, apply bodies, status and events out. A small fake of
 // server-side apply (test-only) feeds the output back in to check that a second reconcile is silent.
 
-import type { V1ConfigMap, V1Container, V1Deployment, V1PodSpec, V1Service } from "@kubernetes/client-node";
+import type {
+  V1ConfigMap,
+  V1Container,
+  V1Deployment,
+  V1NetworkPolicy,
+  V1PodSpec,
+  V1Service,
+} from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import {
   FINALIZER,
@@ -177,6 +184,7 @@ interface World {
   deployments: V1Deployment[];
   services: V1Service[];
   configMap?: V1ConfigMap;
+  networkPolicies?: V1NetworkPolicy[];
 }
 
 function applyOutput(world: World, out: ReconcileOutput): World {
@@ -213,6 +221,17 @@ function applyOutput(world: World, out: ReconcileOutput): World {
     };
   }
   if (out.deleteConfigMap) delete next.configMap;
+  if (out.networkPolicies.length > 0 || out.deleteNetworkPolicies.length > 0) {
+    const kept = (next.networkPolicies ?? []).filter(
+      (n) =>
+        !out.deleteNetworkPolicies.includes(n.metadata?.name ?? "") &&
+        !out.networkPolicies.some((i) => i.name === n.metadata?.name),
+    );
+    const applied = out.networkPolicies.map((i) => structuredClone(i.body) as V1NetworkPolicy);
+    next.networkPolicies = [...kept, ...applied].sort((a, b) =>
+      (a.metadata?.name ?? "") < (b.metadata?.name ?? "") ? -1 : 1,
+    );
+  }
   const finalizers = new Set(next.policy.metadata.finalizers ?? []);
   if (out.finalizer === "add") finalizers.add(FINALIZER);
   if (out.finalizer === "remove") finalizers.delete(FINALIZER);
@@ -303,6 +322,7 @@ function reconcile(world: World, changes: Partial<ReconcileInput> = {}): Reconci
       deployments: world.deployments,
       services: world.services,
       configMap: world.configMap,
+      networkPolicies: world.networkPolicies,
       ...changes,
     }),
     CONFIG,
@@ -313,7 +333,9 @@ function expectQuiet(out: ReconcileOutput): void {
   expect(out.events).toEqual([]);
   expect(out.statusUpToDate).toBe(true);
   expect(out.finalizer).toBe("none");
-  for (const intent of [...out.deployments, ...out.services]) expect(intent.upToDate).toBe(true);
+  for (const intent of [...out.deployments, ...out.services, ...out.networkPolicies])
+    expect(intent.upToDate).toBe(true);
+  expect(out.deleteNetworkPolicies).toEqual([]);
   if (out.configMap) expect(out.configMap.upToDate).toBe(true);
 }
 
@@ -1305,6 +1327,7 @@ describe("status", () => {
       ["Accepted", "True", "Valid", 4, NOW],
       ["Ready", "True", "Protected", 4, NOW],
       ["Conflict", "False", "NoConflict", 4, NOW],
+      ["AppPortExposed", "False", "NotExposed", 4, NOW],
     ]);
   });
 
@@ -1348,5 +1371,211 @@ describe("status", () => {
       message: expect.stringContaining("empty selector"),
     });
     expect(out.deployments).toEqual([]);
+  });
+});
+
+// --- the app's own port -----------------------------------------------------------------------
+
+/** The example Deployment with its app container's command (and more) replaced. */
+function appDeployment(app: Partial<V1Container>, name = "orders-api"): V1Deployment {
+  const d = deployment(name);
+  const container = d.spec?.template.spec?.containers[0];
+  if (container === undefined) throw new Error("fixture without an app container");
+  Object.assign(container, app);
+  return d;
+}
+
+const OPEN = appDeployment({ command: ["uvicorn", "app:app", "--host", "0.0.0.0", "--port", "8000"] });
+const LOOPBACK = appDeployment({ command: ["uvicorn", "app:app", "--host", "127.0.0.1", "--port", "8000"] });
+const exposure = (out: ReconcileOutput) => out.status.conditions?.find((c) => c.type === "AppPortExposed");
+const fencing = (spec: Record<string, unknown> = {}) =>
+  policy("orders-api", { spec: { networkPolicy: { enabled: true, ...spec } } });
+
+describe("an app port bound beyond loopback", () => {
+  it("is reported: AppPortExposed True naming Deployment, container, port and the remedy, and on the target", () => {
+    const world = settle({ policy: policy(), deployments: [OPEN], services: [service()] });
+    const out = reconcile(world, { now: LATER });
+    expect(exposure(out)).toMatchObject({ status: "True", reason: "ListensBeyondLoopback" });
+    expect(exposure(out)?.message).toContain(
+      'Deployment orders-api, container "app", port 8000: uvicorn --host 0.0.0.0: reachable on the pod IP without passing the sidecar',
+    );
+    expect(exposure(out)?.message).toContain("spec.networkPolicy.enabled: true");
+    expect(out.status.targets?.[0]).toMatchObject({
+      state: "Protected",
+      exposedPorts: [{ container: "app", port: 8000, evidence: "uvicorn --host 0.0.0.0" }],
+    });
+    // Reported once, on the Deployment, then quiet.
+    expectQuiet(out);
+  });
+
+  it("warns once on the Deployment when first seen", () => {
+    const out = reconcile({ policy: policy(), deployments: [OPEN], services: [service()] });
+    const warning = out.events.find((e) => e.reason === "AppPortExposed");
+    expect(warning).toMatchObject({ type: "Warning", regarding: { kind: "Deployment", name: "orders-api" } });
+  });
+
+  it("is reported for a kubelet probe on the app port, which needs the pod IP", () => {
+    const probed = appDeployment({ readinessProbe: { httpGet: { path: "/healthz", port: "http" } } });
+    const out = reconcile(settle({ policy: policy(), deployments: [probed], services: [service()] }));
+    expect(exposure(out)?.status).toBe("True");
+    expect(out.status.targets?.[0]?.exposedPorts?.[0]).toMatchObject({ container: "app", port: 8000 });
+  });
+
+  it("clears when the app is bound to loopback, and the condition's transition time moves", () => {
+    const world = settle({ policy: policy(), deployments: [OPEN], services: [service()] });
+    const fixed = reconcile({ ...world, deployments: [LOOPBACK] }, { now: LATER });
+    expect(exposure(fixed)).toMatchObject({
+      status: "False",
+      reason: "NotExposed",
+      lastTransitionTime: LATER,
+    });
+    expect(fixed.status.targets?.[0]?.exposedPorts).toBeUndefined();
+    expect(fixed.events.filter((e) => e.reason === "AppPortExposed")).toEqual([]);
+  });
+
+  it("is left to the older policy on a Conflict target", () => {
+    const older = policy("alpha", { created: "2024-01-01T00:00:00Z" });
+    const newer = policy("zeta");
+    const out = desired(
+      input({ policy: newer, policiesInNamespace: [older, newer], deployments: [OPEN] }),
+      CONFIG,
+    );
+    expect(out.status.targets?.[0]).toMatchObject({ state: "Conflict" });
+    expect(out.status.targets?.[0]?.exposedPorts).toBeUndefined();
+    expect(exposure(out)?.status).toBe("False");
+  });
+});
+
+describe("spec.networkPolicy", () => {
+  it("is off by default: no NetworkPolicy", () => {
+    const world = settle({ policy: policy(), deployments: [OPEN], services: [service()] });
+    expect(world.networkPolicies).toBeUndefined();
+  });
+
+  it("fences a protected Deployment's pods to the sidecar's ports once its rollout is done", () => {
+    const first = reconcile({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    // The sidecar is only being added: the Service still targets the app port, a fence would cut it.
+    expect(first.networkPolicies).toEqual([]);
+    const world = settle({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    expect(world.networkPolicies).toEqual([
+      {
+        apiVersion: "networking.k8s.io/v1",
+        kind: "NetworkPolicy",
+        metadata: {
+          name: "portcullis-orders-api",
+          namespace: NS,
+          labels: { "app.kubernetes.io/managed-by": "portcullis", "portcullis.dev/policy": "orders-api" },
+          ownerReferences: [
+            {
+              apiVersion: "portcullis.dev/v1alpha1",
+              kind: "AccessPolicy",
+              name: "orders-api",
+              uid: "uid-orders-api",
+              controller: true,
+            },
+          ],
+        },
+        spec: {
+          podSelector: { matchLabels: { app: "orders-api" } },
+          policyTypes: ["Ingress"],
+          ingress: [
+            {
+              ports: [
+                { protocol: "TCP", port: 8080 },
+                { protocol: "TCP", port: 9901 },
+              ],
+            },
+          ],
+        },
+      },
+    ]);
+    const out = reconcile(world, { now: LATER });
+    expectQuiet(out);
+    expect(exposure(out)).toMatchObject({ status: "False", reason: "FencedByNetworkPolicy" });
+    expect(exposure(out)?.message).toContain("portcullis-orders-api");
+    expect(out.status.targets?.[0]?.exposedPorts).toEqual([
+      { container: "app", port: 8000, evidence: "uvicorn --host 0.0.0.0", fenced: true },
+    ]);
+  });
+
+  it("admits only the listener when allowAdminPort is false", () => {
+    const world = settle({
+      policy: fencing({ allowAdminPort: false }),
+      deployments: [LOOPBACK],
+      services: [service()],
+    });
+    expect(world.networkPolicies?.[0]?.spec?.ingress).toEqual([{ ports: [{ protocol: "TCP", port: 8080 }] }]);
+  });
+
+  it("follows a listener port change, keeping the old port admitted while the pods roll", () => {
+    const world = settle({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    const moved = policy("orders-api", {
+      generation: 2,
+      spec: { networkPolicy: { enabled: true }, listener: { port: 8081 } },
+    });
+    const rolling = reconcile({ ...world, policy: { ...moved, status: world.policy.status } });
+    expect(rolling.networkPolicies[0]?.body.spec.ingress[0]?.ports.map((p) => p.port)).toEqual([
+      8080, 8081, 9901,
+    ]);
+    const done = settle({ ...world, policy: { ...moved, status: world.policy.status } });
+    expect(done.networkPolicies?.[0]?.spec?.ingress?.[0]?.ports?.map((p) => p.port)).toEqual([8081, 9901]);
+  });
+
+  it("is deleted when turned off, when the Deployment leaves the selector, and on deletion", () => {
+    const world = settle({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    const off = reconcile({
+      ...world,
+      policy: { ...policy("orders-api", { generation: 2 }), status: world.policy.status },
+    });
+    expect(off.deleteNetworkPolicies).toEqual(["portcullis-orders-api"]);
+    expect(off.networkPolicies).toEqual([]);
+    expect(exposure(off)?.status).toBe("True");
+
+    const elsewhere = fencing();
+    elsewhere.spec.selector = { matchLabels: { app: "billing" } };
+    const unselected = reconcile({ ...world, policy: { ...elsewhere, status: world.policy.status } });
+    expect(unselected.deleteNetworkPolicies).toEqual(["portcullis-orders-api"]);
+
+    const deleting = reconcile({
+      ...world,
+      policy: policy("orders-api", { deleting: true, spec: { networkPolicy: { enabled: true } } }),
+    });
+    expect(deleting.deleteNetworkPolicies).toEqual(["portcullis-orders-api"]);
+    expect(deleting.networkPolicies).toEqual([]);
+  });
+
+  it("never deletes another policy's NetworkPolicy", () => {
+    const world = settle({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    const theirs = structuredClone(world.networkPolicies?.[0]) as V1NetworkPolicy;
+    theirs.metadata = {
+      ...theirs.metadata,
+      name: "portcullis-billing",
+      labels: { "portcullis.dev/policy": "billing" },
+    };
+    const out = reconcile(
+      { ...world, networkPolicies: [...(world.networkPolicies ?? []), theirs] },
+      { policy: policy("orders-api", { deleting: true }) },
+    );
+    expect(out.deleteNetworkPolicies).toEqual(["portcullis-orders-api"]);
+  });
+
+  it("stays as it is while the policy is invalid or the Deployment is in Error", () => {
+    const world = settle({ policy: fencing(), deployments: [OPEN], services: [service()] });
+    const invalid = policy("orders-api", {
+      generation: 2,
+      spec: {
+        networkPolicy: { enabled: true },
+        authentication: { issuers: [{ issuer: "http://idp.example.com", audiences: ["api://orders"] }] },
+      },
+    });
+    const out = reconcile({ ...world, policy: { ...invalid, status: world.policy.status } });
+    expect([out.networkPolicies, out.deleteNetworkPolicies]).toEqual([[], []]);
+    expect(exposure(out)?.reason).toBe("FencedByNetworkPolicy");
+
+    const clash = structuredClone(world.deployments);
+    clash[0]?.spec?.template.spec?.containers[0]?.ports?.push({ containerPort: 9901 });
+    const error = reconcile({ ...world, deployments: clash });
+    expect(error.status.targets?.[0]?.state).toBe("Error");
+    expect([error.networkPolicies, error.deleteNetworkPolicies]).toEqual([[], []]);
   });
 });

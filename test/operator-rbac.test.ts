@@ -3,7 +3,7 @@
 // events, status, finalizer, release, ConfigMap deletion, leader election) with no request forbidden.
 // It watches a configured list of namespaces: a policy elsewhere is left alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { KubeClient } from "../operator/kube-client.ts";
+import { type KubeClient, resourcePath } from "../operator/kube-client.ts";
 import { CLUSTER_ROLE_NAME, clusterRole } from "../operator/rbac.ts";
 import type { ControlPlane } from "./support/controlplane.ts";
 import {
@@ -26,6 +26,8 @@ import {
 } from "./support/operator.ts";
 
 const SYSTEM_NAMESPACE = "portcullis-system";
+const networkPolicyPath = (ns: string) =>
+  resourcePath("networking.k8s.io/v1", "networkpolicies", ns, "portcullis-orders-api");
 const SERVICE_ACCOUNT = "portcullis-operator";
 
 let cp: ControlPlane;
@@ -82,9 +84,13 @@ describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
     const { deployment, service } = exampleWorkload(ns);
     const originalDeployment = await create(client, deployment);
     const originalService = await create(client, service);
-    await create(client, examplePolicy(ns));
+    // With spec.networkPolicy, so the NetworkPolicy's watch, create and delete are exercised too.
+    const policy = examplePolicy(ns);
+    policy.spec.networkPolicy = { enabled: true };
+    await create(client, policy);
     await policyWhen(client, ns, "orders-api", "Ready", isReady);
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeDefined();
+    await eventually("the NetworkPolicy exists", () => getOrUndefined(client, networkPolicyPath(ns)));
     await eventually("an Event was recorded", async () => {
       const events = await client.get<{ items: unknown[] }>(PATHS.events(ns));
       return events.items.length > 0;
@@ -102,6 +108,7 @@ describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
       userVisible(originalService),
     );
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeUndefined();
+    expect(await getOrUndefined(client, networkPolicyPath(ns))).toBeUndefined();
 
     const ignored = await client.get<ServedPolicy>(PATHS.policy("elsewhere", "orders-api"));
     expect(ignored.status).toBeUndefined();

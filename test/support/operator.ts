@@ -170,7 +170,13 @@ export interface Condition {
 export interface PolicyStatus {
   observedGeneration?: number;
   conditions?: Condition[];
-  targets?: { kind: string; name: string; state: string; message?: string }[];
+  targets?: {
+    kind: string;
+    name: string;
+    state: string;
+    message?: string;
+    exposedPorts?: { container: string; port?: number; evidence: string; fenced?: boolean }[];
+  }[];
   protectedTargets?: number;
 }
 

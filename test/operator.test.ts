@@ -9,6 +9,7 @@ import {
   ORIGINAL_TARGET_PORTS_ANNOTATION,
   POLICY_ANNOTATION,
   POLICY_VOLUME,
+  PRESTOP_PATH,
   SIDECAR_HASH_ANNOTATION,
   SIDECAR_NAME,
 } from "../operator/config.ts";
@@ -45,6 +46,7 @@ interface Container {
   args?: string[];
   env?: { name: string; value?: string }[];
   ports?: { name?: string; containerPort: number }[];
+  lifecycle?: unknown;
 }
 interface PodTemplate {
   metadata?: { labels?: Record<string, string>; annotations?: Record<string, string> };
@@ -177,10 +179,13 @@ describe("the example policy on the example app", () => {
     expect(deployment.spec.template.metadata?.annotations?.[SIDECAR_HASH_ANNOTATION]).toMatch(
       /^[0-9a-f]{16}$/,
     );
-    // The app container is as the user wrote it.
-    expect(deployment.spec.template.spec.containers).toEqual(
-      original.deployment.spec.template.spec.containers,
-    );
+    // The app container is as the user wrote it, plus the preStop hook that holds its shutdown on the
+    // sidecar (the API server fills in the hook's scheme).
+    const withoutHook = deployment.spec.template.spec.containers.map(({ lifecycle, ...rest }) => {
+      expect(lifecycle).toEqual({ preStop: { httpGet: { path: PRESTOP_PATH, port: 9901, scheme: "HTTP" } } });
+      return rest;
+    });
+    expect(withoutHook).toEqual(original.deployment.spec.template.spec.containers);
 
     const service = await getService(ns);
     expect(service.spec.ports[0]?.targetPort).toBe(LISTENER_PORT_NAME);

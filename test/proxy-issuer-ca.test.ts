@@ -193,6 +193,9 @@ describe("the sidecar process", () => {
     );
     const token = await idp.token("reader");
     expect((await getOrders(proxy.url, token)).status).toBe(401);
+    const notReady = await fetch(`${proxy.adminUrl}/readyz`);
+    expect(notReady.status).toBe(503);
+    expect(await notReady.json()).toMatchObject({ reason: `waiting for signing keys of ${idp.issuer}` });
 
     document.spec.authentication.issuers[0]!.caBundle = idpCa;
     await writeFile(policy, documentText(document));
@@ -200,5 +203,6 @@ describe("the sidecar process", () => {
     await vi.waitFor(async () => expect((await getOrders(proxy.url, token)).status).toBe(200), {
       timeout: 10_000,
     });
+    expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(200);
   });
 });

@@ -191,7 +191,7 @@ export const Issuer = Type.Object(
         minLength: 1,
         maxLength: LIMITS.caBundle,
         description:
-          "PEM CA certificates for an IdP behind a private CA: when set, the discovery and JWKS fetches of this issuer trust exactly these (instead of the public roots).",
+          "CA certificates as PEM text (not base64) for an IdP behind a private CA: when set, the discovery and JWKS fetches of this issuer trust exactly these (instead of the public roots).",
       }),
     ),
     audiences: Type.Array(Type.String({ minLength: 1, maxLength: LIMITS.url }), {

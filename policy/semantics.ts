@@ -117,9 +117,22 @@ function checkFetchUrl(path: string, value: string): Problem[] {
 
 /** Every PEM block a CA certificate; expired ones warned about (fetches would fail on them). */
 function checkCaBundle(path: string, pem: string): Problem[] {
+  // A pasted key (or a CSR) would be published to everyone who can read the policy: refuse it by name.
+  const others = [...pem.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----/g)]
+    .map((match) => match[1])
+    .filter((label) => label !== "CERTIFICATE");
+  if (others.length > 0)
+    return [
+      error(
+        path,
+        `holds a ${others[0]} block: only CA certificates (-----BEGIN CERTIFICATE-----) belong here`,
+      ),
+    ];
   const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
   if (blocks.length === 0) return [error(path, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)")];
   const problems: Problem[] = [];
+  if (blocks.length !== pem.split("-----BEGIN CERTIFICATE-----").length - 1)
+    problems.push(error(path, "has a certificate without its -----END CERTIFICATE----- line"));
   blocks.forEach((block, i) => {
     let certificate: X509Certificate;
     try {

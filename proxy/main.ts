@@ -85,7 +85,7 @@ async function run(config: ProxyConfig): Promise<void> {
 
   const keySets = new KeySetRegistry({
     onFetch: (issuer, outcome, detail) => {
-      metrics.jwksFetch(issuer, outcome);
+      metrics.jwksFetch(issuer, outcome, detail);
       if (outcome === "error") logger.warn({ issuer, detail }, "JWKS fetch failed");
     },
   });

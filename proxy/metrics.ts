@@ -28,7 +28,8 @@ export interface PolicyLoaded {
 export interface ProxyMetrics {
   register: Registry;
   requestCompleted(event: RequestCompleted): void;
-  jwksFetch(issuer: string, outcome: string): void;
+  /** `detail` (a failure's short code: `timeout`, `http_404`, `tls_untrusted`...) also counts the error by reason. */
+  jwksFetch(issuer: string, outcome: string, detail?: string): void;
   reload(outcome: ReloadOutcome): void;
   policyLoaded(policy: PolicyLoaded): void;
   /** Read on every scrape: seconds since each issuer's keys were last fetched successfully. */
@@ -87,6 +88,13 @@ export function createProxyMetrics(): ProxyMetrics {
     name: `${PREFIX}jwks_fetches_total`,
     help: "JWKS (and discovery) fetches, by issuer and outcome.",
     labelNames: ["issuer", "outcome"] as const,
+    registers: [register],
+  });
+  // A separate counter so the fetches' series stay as they were; reasons are KeyFetchError's small set.
+  const jwksFetchErrors = new Counter({
+    name: `${PREFIX}jwks_fetch_errors_total`,
+    help: "Failed JWKS (and discovery) fetches, by issuer and reason (timeout, http_<status>, tls_untrusted...).",
+    labelNames: ["issuer", "reason"] as const,
     registers: [register],
   });
   let keySetAges: () => Iterable<readonly [string, number]> = () => [];
@@ -152,8 +160,9 @@ export function createProxyMetrics(): ProxyMetrics {
       if (event.upstreamSeconds !== undefined) upstreamDurations.observe(event.rule, event.upstreamSeconds);
       if (event.wouldStatus !== undefined) wouldDeny.inc({ rule: event.rule, status: event.wouldStatus });
     },
-    jwksFetch(issuer, outcome) {
+    jwksFetch(issuer, outcome, detail) {
       jwksFetches.inc({ issuer, outcome });
+      if (outcome === "error") jwksFetchErrors.inc({ issuer, reason: detail ?? "unknown" });
     },
     reload(outcome) {
       reloads.inc({ outcome });

@@ -9,6 +9,7 @@
 // (JWKSMultipleMatchingKeys, reason `ambiguous_key`), as jose does; trying each key (Envoy) would let
 // one token cost several signature checks.
 
+import { createHash } from "node:crypto";
 import {
   type CryptoKey,
   createLocalJWKSet,
@@ -334,7 +335,7 @@ export class RemoteKeySet {
   }
 }
 
-/** Keeps key sets by (issuer, jwksUri), so a policy reload with the same issuers reuses warm sets. */
+/** Keeps key sets by (issuer, jwksUri, caBundle), so a policy reload with the same issuers reuses warm sets. */
 export class KeySetRegistry {
   readonly #options: KeySetOptions;
   readonly #entries = new Map<string, { keySet: RemoteKeySet; users: number }>();
@@ -381,8 +382,11 @@ export class KeySetRegistry {
   }
 }
 
+/** The bundle enters as a hash: a reload that changes only the trusted CAs gets a new key set. */
 function registryKey(source: KeySetSource): string {
-  return JSON.stringify([source.issuer, source.jwksUri ?? null, source.caBundle ?? null]);
+  const bundle =
+    source.caBundle === undefined ? null : createHash("sha256").update(source.caBundle).digest("hex");
+  return JSON.stringify([source.issuer, source.jwksUri ?? null, bundle]);
 }
 
 async function selectKey(

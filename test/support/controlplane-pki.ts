@@ -89,14 +89,23 @@ async function signedCertificate(
   return { certPath, keyPath };
 }
 
-export async function issueControlPlanePki(dir: string): Promise<ControlPlanePki> {
-  const ca = await signedCertificate(
+/** A self-signed CA (`<fileName>.crt`, `<fileName>.key` in `dir`), e.g. a private CA an IdP's certificate chains to. */
+export async function issueCertificateAuthority(
+  dir: string,
+  fileName = "ca",
+  commonName = "portcullis-test-ca",
+): Promise<ClientCertificate> {
+  return signedCertificate(
     dir,
-    "ca",
-    subject("portcullis-test-ca", []),
+    fileName,
+    subject(commonName, []),
     ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"],
     "self",
   );
+}
+
+export async function issueControlPlanePki(dir: string): Promise<ControlPlanePki> {
+  const ca = await issueCertificateAuthority(dir);
   const caIssuer = { certPath: ca.certPath, keyPath: ca.keyPath };
   const serving = await signedCertificate(
     dir,

@@ -78,6 +78,19 @@ async function call(path: string, init: { method?: string; token?: string; origi
   return { status: response.statusCode, body };
 }
 
+/** 200 req/s through the ClusterIP, half public health checks, half a reader's reads: all must get 200. */
+function readerTraffic(reader: string) {
+  return startLoad({
+    origin: `http://${clusterIp}`,
+    ratePerSecond: 200,
+    maxSeconds: 240,
+    next: (i) =>
+      i % 2
+        ? { path: "/healthz", expect: [200] }
+        : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
+  });
+}
+
 /** The example policy, trusting the test IdP (https on the node's address, private CA). */
 function policyForIdp(): KubeObject & { spec: ServedPolicy["spec"] } {
   const policy = examplePolicy(ns, name);
@@ -234,16 +247,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
   }, 420_000);
 
   it("protects the live Service without losing a request: sidecar rolled in, Service pointed at it", async () => {
-    const reader = await idp.token("reader");
-    const load = startLoad({
-      origin: `http://${clusterIp}`,
-      ratePerSecond: 200,
-      maxSeconds: 240,
-      next: (i) =>
-        i % 2
-          ? { path: "/healthz", expect: [200] }
-          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
-    });
+    const load = readerTraffic(await idp.token("reader"));
     const started = Date.now();
     await create(client, policyForIdp());
     await eventually(
@@ -272,16 +276,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
   }, 420_000);
 
   it("moves the app to loopback behind the sidecar without losing a request; its port is then closed to the network", async () => {
-    const reader = await idp.token("reader");
-    const load = startLoad({
-      origin: `http://${clusterIp}`,
-      ratePerSecond: 200,
-      maxSeconds: 240,
-      next: (i) =>
-        i % 2
-          ? { path: "/healthz", expect: [200] }
-          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
-    });
+    const load = readerTraffic(await idp.token("reader"));
     const started = Date.now();
     await bindAppTo("127.0.0.1");
     await eventually(
@@ -519,16 +514,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
   }, 420_000);
 
   it("unprotects the Service without losing a request, and restores the Deployment and Service exactly", async () => {
-    const reader = await idp.token("reader");
-    const load = startLoad({
-      origin: `http://${clusterIp}`,
-      ratePerSecond: 200,
-      maxSeconds: 240,
-      next: (i) =>
-        i % 2
-          ? { path: "/healthz", expect: [200] }
-          : { path: "/orders", headers: { authorization: `Bearer ${reader}` }, expect: [200] },
-    });
+    const load = readerTraffic(await idp.token("reader"));
     // The way back: the app listens on the pod IP again first (a rollout behind the sidecar).
     await bindAppTo("0.0.0.0");
     await eventually("the app is rolled out on the pod IP", () => rolledOut(true), 240_000);

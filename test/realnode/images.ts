@@ -342,3 +342,15 @@ export async function buildPauseImage(): Promise<ImageArchive> {
     IMAGE_NAMES.pause,
   );
 }
+
+// `npm run image`: the project's image as an OCI archive, for `ctr images import` (or `podman load`,
+// `skopeo copy oci-archive:...`) where no Docker daemon builds the Dockerfile.
+if (import.meta.main) {
+  buildPortcullisImage().then(
+    (image) => console.log(`${image.name}\n${image.path}`),
+    (error: unknown) => {
+      console.error(error instanceof Error ? error.message : String(error));
+      process.exit(1);
+    },
+  );
+}

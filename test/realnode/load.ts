@@ -34,7 +34,7 @@ export interface RunningLoad {
 }
 
 /** Failures where the request never got an answer from the server it reached, if it reached one. */
-const CONNECTION_FAILURES = new Set([
+export const CONNECTION_FAILURES: ReadonlySet<string> = new Set([
   "ECONNRESET",
   "ECONNREFUSED",
   "EPIPE",

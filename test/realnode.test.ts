@@ -295,7 +295,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     // and every transition after this one, where all pods carry the sidecar, must lose nothing.
     const statuses = Object.keys(report.failures).filter((failure) => !CONNECTION_FAILURES.has(failure));
     expect(statuses).toEqual([]);
-    expect(report.sent - report.ok).toBeLessThanOrEqual(Math.ceil(report.sent / 500));
+    expect(report.sent - report.ok).toBeLessThanOrEqual(Math.ceil(report.sent / 200));
   }, 420_000);
 
   it("moves the app to loopback behind the sidecar without losing a request; its port is then closed to the network", async () => {
@@ -491,53 +491,64 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     expect(report.sent - report.ok).toBeLessThanOrEqual(Math.ceil(report.sent / 10_000));
   }, 420_000);
 
-  it("fails over when the leading operator pod is killed, and reconciles a change made meanwhile", async () => {
-    const leaseList = await client.get<{
-      items: { metadata?: { name?: string }; spec?: { holderIdentity?: string } }[];
-    }>(resourcePath("coordination.k8s.io/v1", "leases", system));
-    const holder = leaseList.items[0]?.spec?.holderIdentity ?? "";
-    const operators = await pods(system, "app.kubernetes.io/name=portcullis");
-    const leader = operators.find((p) => holder.includes(p.metadata?.name ?? "?"));
-    expect(leader).toBeDefined();
-    const leaderPid = operatorProcesses().get(leader?.metadata?.name ?? "?");
-    expect(leaderPid).toBeDefined();
-    const killed = Date.now();
-    await client.request(
-      "DELETE",
-      `${resourcePath("v1", "pods", system)}/${leader?.metadata?.name}?gracePeriodSeconds=0`,
-    );
-    // The change is made only once the leader's process is gone, so only the other replica can make it.
-    await eventually("the leader's process is gone", () => !existsSync(`/proc/${leaderPid}`), 60_000);
-    const gone = Date.now();
-    const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
-    const rules = policy.spec.authorization.rules.map((rule) =>
-      rule.name === "health" ? { ...rule, methods: ["GET", "HEAD"] } : rule,
-    );
-    await mergePatch(client, PATHS.policy(ns, name), { spec: { authorization: { rules } } });
+  it("recovers when the leading operator is killed, and the other replica takes over when its pod goes", async () => {
+    const leases = resourcePath("coordination.k8s.io/v1", "leases", system);
+    const holder = async () =>
+      (await client.get<{ items: { spec?: { holderIdentity?: string } }[] }>(leases)).items[0]?.spec
+        ?.holderIdentity ?? "";
     const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
     const configMapName =
       deployment.spec?.template.spec?.volumes?.find((v) => v.configMap)?.configMap?.name ?? "";
-    await eventually(
-      "the change is in the ConfigMap",
-      async () => {
-        const configMap = await client.get<V1ConfigMap>(PATHS.configMap(ns, configMapName));
-        const document = parse(configMap.data?.["policy.yaml"] ?? "") as ServedPolicy;
-        return (
-          JSON.stringify(document.spec.authorization.rules.find((r) => r.name === "health")?.methods) ===
-          '["GET","HEAD"]'
-        );
-      },
-      120_000,
-    );
-    const took = (Date.now() - killed) / 1000;
-    const newHolder = (
-      await client.get<{ items: { spec?: { holderIdentity?: string } }[] }>(
-        resourcePath("coordination.k8s.io/v1", "leases", system),
-      )
-    ).items[0]?.spec?.holderIdentity;
-    expect(newHolder).not.toBe(holder);
+    /** Changes the health rule's methods, and resolves once the ConfigMap carries them. */
+    const changeAndAwait = async (methods: string[]) => {
+      const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+      const rules = policy.spec.authorization.rules.map((rule) =>
+        rule.name === "health" ? { ...rule, methods } : rule,
+      );
+      await mergePatch(client, PATHS.policy(ns, name), { spec: { authorization: { rules } } });
+      await eventually(
+        `the ConfigMap carries methods ${methods.join(",")}`,
+        async () => {
+          const configMap = await client.get<V1ConfigMap>(PATHS.configMap(ns, configMapName));
+          const document = parse(configMap.data?.["policy.yaml"] ?? "") as ServedPolicy;
+          const rule = document.spec.authorization.rules.find((r) => r.name === "health");
+          return JSON.stringify(rule?.methods) === JSON.stringify(methods);
+        },
+        120_000,
+      );
+    };
+    /** The leader's process, and waits for it to be gone after `kill`; changes made only then. */
+    const killLeader = async (kill: (pod: string, pid: number) => Promise<void>) => {
+      const leader = await holder();
+      const pid = operatorProcesses().get(leader);
+      expect(pid).toBeDefined();
+      const started = Date.now();
+      await kill(leader, pid ?? 0);
+      await eventually("the leader's process is gone", () => !existsSync(`/proc/${pid}`), 60_000);
+      return { leader, started };
+    };
+
+    // A crash (OOM kill, SIGKILL): no lease handed back; the kubelet restarts the container in place,
+    // and it resumes under the same identity (the pod's name) without waiting out the lease.
+    const crash = await killLeader(async (_pod, pid) => {
+      process.kill(pid, "SIGKILL");
+    });
+    await changeAndAwait(["GET", "HEAD"]);
     figure(
-      `operator failover: leader pod killed (process gone after ${((gone - killed) / 1000).toFixed(1)} s), change made then, reconciled by ${newHolder} ${took.toFixed(1)} s after the kill (lease 15 s, not released)`,
+      `operator leader SIGKILLed: change made after its process was gone reconciled ${((Date.now() - crash.started) / 1000).toFixed(1)} s after the kill, by ${await holder()} (restarted in place)`,
+    );
+
+    // The leader's pod deleted: the other replica must take over and reconcile a change made meanwhile.
+    const operators = await pods(system, "app.kubernetes.io/name=portcullis");
+    const deletion = await killLeader(async (pod) => {
+      await client.request("DELETE", `${resourcePath("v1", "pods", system)}/${pod}?gracePeriodSeconds=0`);
+    });
+    await changeAndAwait(["GET"]);
+    const newHolder = await holder();
+    const other = operators.map((p) => p.metadata?.name).find((n) => n !== deletion.leader);
+    expect(newHolder).toBe(other);
+    figure(
+      `operator leader pod deleted: ${other} took over and reconciled a change made meanwhile ${((Date.now() - deletion.started) / 1000).toFixed(1)} s after the deletion (the leader hands its lease back on SIGTERM)`,
     );
   }, 420_000);
 

@@ -140,6 +140,8 @@ export interface InboundHeaders {
   host: string | undefined;
   /** More than one Host or Content-Length: ambiguous framing or routing (RFC 9112 section 3.2, 6.3). */
   ambiguous: boolean;
+  /** The Host value is not a host[:port] (RFC 9110 section 7.2): spaces, userinfo, a list, a bad port. */
+  badHost: boolean;
   /** Every client X-Forwarded-For copy, joined; undefined when none (or nominated in Connection). */
   forwardedFor: string | undefined;
   /** The first well-formed inbound request id, by the policy's preference. */
@@ -157,6 +159,17 @@ export interface InboundHeaders {
  * Steps 1-3 over `raw` (Node's `req.rawHeaders`). `keepUpgrade` keeps the Upgrade header for the
  * WebSocket path; everything else about the connection is the proxy's to set.
  */
+// uri-host [":" port]: an IP literal, or a reg-name of unreserved and sub-delims characters and
+// %-escapes. No comma (a list of values), no "@" (userinfo), no space or control character.
+const HOST_AND_PORT =
+  /^(?:\[[0-9A-Fa-f:.]{2,45}\]|(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+)(?::([0-9]{1,5}))?$/;
+
+/** A Host value the app's server would accept: host[:port], the port at most 65535. */
+export function isHostAndPort(value: string): boolean {
+  const match = HOST_AND_PORT.exec(value);
+  return match !== null && (match[1] === undefined || Number(match[1]) <= 65_535);
+}
+
 export function readInboundHeaders(
   raw: readonly string[],
   plan: HeaderPlan,
@@ -235,6 +248,7 @@ export function readInboundHeaders(
     forward,
     host,
     ambiguous: hosts > 1 || lengths > 1,
+    badHost: hosts === 1 && !isHostAndPort(host ?? ""),
     forwardedFor,
     requestId: requestIds === undefined ? undefined : pickRequestId(requestIds, plan, nominated),
     traceparent: traceparents === 1 && isValidTraceparent(traceparent) ? traceparent : undefined,

@@ -538,6 +538,11 @@ export function handleRequest(
     const inbound = readInboundHeaders(req.rawHeaders, plan);
     const admitted = newExchange(requestIdFor(inbound), req.method ?? "", start, true);
     exchange = admitted;
+    if (inbound.badHost) {
+      admitted.reason = "bad-host";
+      refuse(ctx, res, admitted, PROBLEMS.badRequest, inbound);
+      return;
+    }
     if (inbound.ambiguous) {
       admitted.reason = "ambiguous-headers";
       refuse(ctx, res, admitted, PROBLEMS.badRequest, inbound);

@@ -135,6 +135,39 @@ describe("readInboundHeaders", () => {
     });
   });
 
+  it("flags a Host that is not host[:port]", () => {
+    const bad = (host: string) => readInboundHeaders(["Host", host], plan).badHost;
+    for (const good of [
+      "orders.example",
+      "orders.example:8080",
+      "127.0.0.1:80",
+      "[::1]:8080",
+      "xn--bcher-kva.example",
+      "a%41b",
+      "h:65535",
+    ]) {
+      expect(bad(good), good).toBe(false);
+    }
+    for (const wrong of [
+      "a b",
+      "user@orders.example",
+      "a,b",
+      "h:65536",
+      "h:",
+      "h:8o",
+      "",
+      "h\t",
+      "[::1",
+      "h/x",
+      "h?x",
+      "h#x",
+      "h:80:80",
+    ]) {
+      expect(bad(wrong), JSON.stringify(wrong)).toBe(true);
+    }
+    expect(readInboundHeaders([], plan).badHost).toBe(false);
+  });
+
   it("picks the request id by the policy's preference, ignoring malformed and nominated ones", () => {
     const pick = (raw: string[]) => readInboundHeaders(raw, plan).requestId;
     expect(pick(["X-Correlation-ID", "corr", "X-Request-Id", "req"])).toBe("req");

@@ -210,8 +210,16 @@ export const Issuer = Type.Object(
       minimum: 0,
       maximum: 300,
       default: 30,
-      description: "Tolerance applied to `exp` and `nbf`.",
+      description: "Tolerance applied to `exp`, `nbf` and `iat`.",
     }),
+    maxTokenAgeSeconds: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 31_536_000,
+        description:
+          "Refuse tokens issued (`iat`) longer ago than this, whatever their `exp`; a token without `iat` is then refused. Off by default.",
+      }),
+    ),
   },
   { additionalProperties: false, description: "An OAuth2/OIDC token issuer whose bearer JWTs are accepted." },
 );

@@ -281,6 +281,44 @@ describe("tokens refused with a reason (401)", () => {
     expect(await reason(await signRaw(idpKey(idp), payload))).toBe("bad_numeric_date");
   });
 
+  it("no sub, or an empty one: RFC 9068 requires it, and the app would get roles without a subject", async () => {
+    expect(await reason(await sign(idpKey(idp), goodClaims(idp, { sub: undefined })))).toBe("missing_sub");
+    expect(await reason(await sign(idpKey(idp), goodClaims(idp, { sub: "" })))).toBe("missing_sub");
+    expect(await reason(await sign(idpKey(idp), goodClaims(idp, { sub: 42 })))).toBe("missing_sub");
+  });
+
+  it("issued in the future beyond the clock skew", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    expect(await reason(await sign(idpKey(idp), goodClaims(idp, { iat: now + 3600 })))).toBe(
+      "issued_in_future",
+    );
+    expect(await reason(await sign(idpKey(idp), goodClaims(idp, { iat: now + 10 })))).toBe("ok");
+  });
+
+  it("older than the issuer's maxTokenAgeSeconds, or without iat when the issuer caps the age", async () => {
+    const keySets = new KeySetRegistry();
+    const capped = createBearerVerifier(examplePolicy(idp, { maxTokenAgeSeconds: 600 }), { keySets });
+    try {
+      await capped.ready();
+      const now = Math.floor(Date.now() / 1000);
+      const result = async (claims: Record<string, unknown>) => {
+        const verified = await capped.verify(await sign(idpKey(idp), goodClaims(idp, claims)));
+        return verified.ok ? "ok" : verified.reason;
+      };
+      expect(await result({ iat: now - 3600, exp: now + 3600 })).toBe("too_old");
+      expect(await result({ iat: undefined })).toBe("missing_iat");
+      expect(await result({ iat: now - 60 })).toBe("ok");
+      // The identity expires with the cap, not with a later exp (a WebSocket is closed then).
+      const young = await capped.verify(
+        await sign(idpKey(idp), goodClaims(idp, { iat: now - 60, exp: now + 7200 })),
+      );
+      expect(young.ok && young.identity.expiresAt).toBe(now - 60 + 600);
+    } finally {
+      capped.close();
+      keySets.close();
+    }
+  });
+
   it("no exp", async () => {
     expect(await reason(await sign(idpKey(idp), goodClaims(idp, { exp: undefined })))).toBe("missing_exp");
   });
@@ -437,7 +475,7 @@ describe("verified-token cache", () => {
 describe("NumericDate checks", () => {
   it("accept integers in (0, 2^33) and nothing else", () => {
     expect(checkNumericDates({ exp: 1_800_000_000 })).toEqual({ ok: true, exp: 1_800_000_000 });
-    expect(checkNumericDates({ exp: 2, nbf: 1, iat: 1 })).toEqual({ ok: true, exp: 2, nbf: 1 });
+    expect(checkNumericDates({ exp: 2, nbf: 1, iat: 1 })).toEqual({ ok: true, exp: 2, nbf: 1, iat: 1 });
     expect(checkNumericDates({})).toEqual({ ok: false, claim: "exp", problem: "missing" });
     for (const bad of [
       0,

@@ -5,7 +5,7 @@
 export const MAX_NUMERIC_DATE = 2 ** 33;
 
 export type NumericDateCheck =
-  | { ok: true; exp: number; nbf?: number }
+  | { ok: true; exp: number; nbf?: number; iat?: number }
   | { ok: false; claim: "exp" | "nbf" | "iat"; problem: "missing" | "invalid" };
 
 /**
@@ -19,7 +19,12 @@ export function checkNumericDates(claims: Readonly<Record<string, unknown>>): Nu
   if (!isNumericDate(exp)) return { ok: false, claim: "exp", problem: "invalid" };
   if (nbf !== undefined && !isNumericDate(nbf)) return { ok: false, claim: "nbf", problem: "invalid" };
   if (iat !== undefined && !isNumericDate(iat)) return { ok: false, claim: "iat", problem: "invalid" };
-  return nbf === undefined ? { ok: true, exp } : { ok: true, exp, nbf };
+  return {
+    ok: true,
+    exp,
+    ...(nbf === undefined ? {} : { nbf }),
+    ...(iat === undefined ? {} : { iat: iat as number }),
+  };
 }
 
 export function isNumericDate(value: unknown): value is number {

@@ -40,6 +40,10 @@ export type VerificationFailure =
   | "bad_audience"
   | "missing_exp"
   | "bad_numeric_date"
+  | "missing_sub"
+  | "issued_in_future"
+  | "missing_iat"
+  | "too_old"
   | "internal";
 
 export interface BearerVerifier {
@@ -84,6 +88,8 @@ interface IssuerVerification {
   algorithms: ReadonlySet<string>;
   audiences: readonly string[];
   skew: number;
+  /** The issuer's maxTokenAgeSeconds: a token older than this (by its iat) is refused. */
+  maxAge: number | undefined;
   options: JWTVerifyOptions;
 }
 
@@ -124,6 +130,7 @@ export function createBearerVerifier(
       algorithms: new Set(config.algorithms),
       audiences: config.audiences,
       skew: config.clockSkewSeconds,
+      maxAge: config.maxTokenAgeSeconds,
       options: {
         issuer: name,
         audience: config.audiences,
@@ -179,7 +186,17 @@ export function createBearerVerifier(
     }
     const dates = checkNumericDates(payload);
     if (!dates.ok) return fail(dates.problem === "missing" ? "missing_exp" : "bad_numeric_date");
-    const identity = identityFromClaims(payload, issuer.issuer, dates.exp, policy.rolesFor);
+    // RFC 9068 requires sub, and every major IdP sets it (for client credentials too): without one
+    // the app would get roles with no subject.
+    if (typeof payload.sub !== "string" || payload.sub === "") return fail("missing_sub");
+    if (dates.iat !== undefined && dates.iat > nowSeconds + issuer.skew) return fail("issued_in_future");
+    let expiresAt = dates.exp;
+    if (issuer.maxAge !== undefined) {
+      if (dates.iat === undefined) return fail("missing_iat");
+      if (nowSeconds >= dates.iat + issuer.maxAge + issuer.skew) return fail("too_old");
+      expiresAt = Math.min(expiresAt, dates.iat + issuer.maxAge);
+    }
+    const identity = identityFromClaims(payload, issuer.issuer, expiresAt, policy.rolesFor);
     // Cache only what can be tied to one published key: a kid that occurs once in the current set.
     const kid = header.kid;
     const fingerprint = typeof kid === "string" ? issuer.keySet.fingerprint(kid) : undefined;
@@ -193,7 +210,7 @@ export function createBearerVerifier(
         fingerprint,
         generation: issuer.keySet.generation(),
         notBefore: dates.nbf === undefined ? Number.NEGATIVE_INFINITY : dates.nbf - issuer.skew,
-        expiresBefore: dates.exp + issuer.skew,
+        expiresBefore: expiresAt + issuer.skew,
         refreshed: 0,
       });
     }

@@ -57,6 +57,9 @@ export interface CompiledPolicy {
   upstreamTimeoutMs: number;
 }
 
+/** `<identity header>-Encoding: percent` marks a value sent percent-encoded (UTF-8 beyond ASCII). */
+export const ENCODING_SUFFIX = "-Encoding";
+
 /** Headers only the proxy itself may set; a client-sent copy is always dropped. */
 export const INTERNAL_HEADERS = ["x-portcullis-rule", "x-portcullis-decision"] as const;
 
@@ -96,13 +99,18 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     ...(h.assertion ? { assertion: h.assertion } : {}),
     forwardAuthorization: h.forwardAuthorization,
   };
-  const stripped = [
+  const identityNames = [
     h.subject,
     h.roles,
     h.scopes,
     h.clientId,
     h.issuer,
     ...Object.values(h.claims ?? {}),
+  ];
+  const stripped = [
+    ...identityNames,
+    // The sibling that says a value is percent-encoded (proxy/headers.ts identityHeaders).
+    ...identityNames.map((name) => `${name}${ENCODING_SUFFIX}`),
     // The default assertion header is stripped even when no assertion is configured: an app that
     // checks it must never see a client's copy.
     h.assertion?.header ?? "X-Auth-Assertion",

@@ -7,7 +7,7 @@
 //   4. the proxy's own headers are appended AFTER that, so no nomination can strip them.
 // Identity header values are computed once per verified token (cached on the Identity object).
 
-import type { CompiledPolicy, IdentityHeaderNames } from "../policy/compile.ts";
+import { type CompiledPolicy, ENCODING_SUFFIX, type IdentityHeaderNames } from "../policy/compile.ts";
 import { readClaim } from "../policy/roles.ts";
 import { canonicalHeaderName } from "../policy/semantics.ts";
 import type { Identity } from "./authn/verify-bearer.ts";
@@ -74,8 +74,7 @@ const REQUEST_ID_FORMAT = /^[A-Za-z0-9._:-]{1,128}$/;
 const TRACEPARENT_FORMAT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?$/;
 const ZERO_TRACE_ID = "0".repeat(32);
 const ZERO_PARENT_ID = "0".repeat(16);
-/** Visible ASCII, inner spaces allowed: survives every HTTP stack unchanged. */
-const SAFE_HEADER_VALUE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+const ENCODING_SUFFIX_WIRE = ENCODING_SUFFIX.toLowerCase();
 
 /** What the request pass needs from a policy, compiled once per CompiledPolicy. */
 export interface HeaderPlan {
@@ -349,19 +348,35 @@ export function forwardHeaders(
   return out;
 }
 
-const identityCache = new WeakMap<Identity, { plan: HeaderPlan; headers: readonly string[] }>();
+/** The identity headers for a verified token, or the claim that must not become one. */
+export type IdentityHeaderValues =
+  | { ok: true; headers: readonly string[] }
+  | { ok: false; header: string; problem: "control-character" };
+
+const identityCache = new WeakMap<Identity, { plan: HeaderPlan; values: IdentityHeaderValues }>();
+// C0 controls (CR, LF, NUL, ...) and DEL: in a header they split or end it, or are dropped on the way.
+const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
+const VISIBLE_ASCII = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
 /**
- * The identity headers for a verified token, flat `[name, value, ...]`, each name at most once.
- * A value that is empty or carries characters outside visible ASCII is not sent at all.
+ * The identity headers for a verified token, flat `[name, value, ...]`, each name at most once, cached
+ * per identity. A value of visible ASCII goes as it is; one with other characters (UTF-8 names and
+ * emails, leading or trailing spaces) goes percent-encoded (UTF-8) with a sibling `<name>-encoding:
+ * percent`, so the app can decode it and nothing is dropped. A value with a control character is
+ * refused: the token is rejected (the caller answers 401) rather than the header silently left out.
  */
-export function identityHeaders(plan: HeaderPlan, identity: Identity): readonly string[] {
+export function identityHeaders(plan: HeaderPlan, identity: Identity): IdentityHeaderValues {
   const cached = identityCache.get(identity);
-  if (cached !== undefined && cached.plan === plan) return cached.headers;
+  if (cached !== undefined && cached.plan === plan) return cached.values;
   const names = plan.identity;
   const headers: string[] = [];
+  let refused: IdentityHeaderValues | undefined;
   const add = (name: string, value: string | undefined) => {
-    if (value !== undefined && SAFE_HEADER_VALUE.test(value)) headers.push(name, value);
+    if (value === undefined || value === "" || refused) return;
+    if (VISIBLE_ASCII.test(value)) headers.push(name, value);
+    else if (CONTROL_CHARACTER.test(value))
+      refused = { ok: false, header: name, problem: "control-character" };
+    else headers.push(name, encodeURIComponent(value), `${name}${ENCODING_SUFFIX_WIRE}`, "percent");
   };
   add(names.subject, identity.subject);
   add(names.roles, [...identity.roles].sort().join(","));
@@ -373,8 +388,9 @@ export function identityHeaders(plan: HeaderPlan, identity: Identity): readonly 
     if (typeof value === "string") add(header, value);
     else if (typeof value === "number" && Number.isFinite(value)) add(header, String(value));
   }
-  identityCache.set(identity, { plan, headers });
-  return headers;
+  const values: IdentityHeaderValues = refused ?? { ok: true, headers };
+  identityCache.set(identity, { plan, values });
+  return values;
 }
 
 export type ParsedHeaders = Readonly<Record<string, string | string[] | undefined>>;

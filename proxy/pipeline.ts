@@ -350,6 +350,18 @@ function admitVerified(
   const { policy } = decided;
   const rule = decided.match?.rule;
   const { identity } = verification;
+  // A claim that would become an identity header with a control character in it: the token is refused
+  // (the app must never see an authenticated request whose subject went missing on the way).
+  const values = identityHeaders(headerPlan(policy), identity);
+  if (!values.ok) {
+    return refusal(
+      exchange,
+      decided,
+      "unauthenticated",
+      `${values.problem}-in-${values.header}`,
+      PROBLEMS.invalidToken,
+    );
+  }
   exchange.subject = identity.subject;
   exchange.clientId = identity.clientId;
   exchange.roles = identity.roles;
@@ -504,7 +516,7 @@ export function upstreamHeaders(
       requestId,
       traceparent: traceparentFor(inbound),
     },
-    identity === undefined ? NO_IDENTITY : identityHeaders(plan, identity),
+    identity === undefined ? NO_IDENTITY : identityHeaderList(plan, identity),
   );
   const assertion = plan.identity.assertion;
   if (identity !== undefined && assertion !== undefined) {
@@ -518,6 +530,12 @@ export function upstreamHeaders(
 }
 
 const NO_IDENTITY: readonly string[] = [];
+
+/** The identity headers admit() checked (a refused identity is never forwarded). */
+function identityHeaderList(plan: HeaderPlan, identity: Identity): readonly string[] {
+  const values = identityHeaders(plan, identity);
+  return values.ok ? values.headers : NO_IDENTITY;
+}
 
 /**
  * The HTTP request handler. `expectsContinue`: the client sent `Expect: 100-continue` and waits; it

@@ -201,7 +201,8 @@ describe("forwardHeaders", () => {
       ["Host", "h", "X-Forwarded-For", "1.1.1.1", "x-forwarded-for", "2.2.2.2", "X-Forwarded-Host", "evil"],
       plan,
     );
-    const out = forwardHeaders(inbound, context, identityHeaders(plan, identity()));
+    const values = identityHeaders(plan, identity());
+    const out = forwardHeaders(inbound, context, values.ok ? values.headers : []);
     expect(out).toEqual([
       "Host",
       "h",
@@ -232,26 +233,59 @@ describe("forwardHeaders", () => {
 });
 
 describe("identityHeaders", () => {
-  it("drops values that are missing, empty, or unsafe in a header; sends numbers", () => {
+  it("leaves out missing and empty values and non-scalars, sends numbers, percent-encodes beyond ASCII", () => {
     const custom = policy((spec) => {
       spec.identityHeaders = {
         ...spec.identityHeaders,
         claims: { email: "X-Auth-Email", level: "X-Auth-Level", obj: "X-Auth-Obj", "org.name": "X-Auth-Org" },
       };
     });
-    const headers = identityHeaders(
+    const values = identityHeaders(
       headerPlan(custom),
       identity({
-        subject: "evil\r\nX-Injected: 1",
+        subject: " padded ",
         clientId: undefined,
         scopes: [],
         roles: [],
         claims: { email: "Jos\u00e9@example.com", level: 3, obj: { a: 1 }, org: { name: "Acme Corp" } },
       }),
     );
-    expect(names(headers)).toEqual(["x-auth-issuer", "x-auth-level", "x-auth-org"]);
+    expect(values.ok).toBe(true);
+    const headers = values.ok ? values.headers : [];
+    expect(names(headers)).toEqual([
+      "x-auth-subject",
+      "x-auth-subject-encoding",
+      "x-auth-issuer",
+      "x-auth-email",
+      "x-auth-email-encoding",
+      "x-auth-level",
+      "x-auth-org",
+    ]);
+    expect(headers).toContain("%20padded%20");
+    expect(headers).toContain("Jos%C3%A9%40example.com");
+    expect(headers).toContain("percent");
     expect(headers).toContain("3");
     expect(headers).toContain("Acme Corp");
+  });
+
+  it("refuses an identity whose claims carry a control character, naming the header", () => {
+    for (const bad of ["evil\r\nX-Injected: 1", "a\u0000b", "tab\there", "del\u007f"]) {
+      expect(identityHeaders(plan, identity({ subject: bad }))).toEqual({
+        ok: false,
+        header: "x-auth-subject",
+        problem: "control-character",
+      });
+    }
+    const email = identityHeaders(plan, identity({ claims: { email: "u@example.com\n" } }));
+    expect(email).toMatchObject({ ok: false, header: "x-auth-email" });
+  });
+
+  it("strips a client's copy of every encoding sibling, in any spelling", () => {
+    const inbound = readInboundHeaders(
+      ["Host", "h", "X-Auth-Subject-Encoding", "percent", "x_auth_email_encoding", "percent", "X-Other", "1"],
+      plan,
+    );
+    expect(names(inbound.forward)).toEqual(["Host", "X-Other"]);
   });
 
   it("is computed once per verified identity", () => {

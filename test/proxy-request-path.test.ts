@@ -4,6 +4,7 @@ import { once } from "node:events";
 import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CompiledPolicy } from "../policy/compile.ts";
+import { goodClaims, idpKey, sign } from "./support/authn.ts";
 import { type RunningProxy, rawRequest, type Stack, startProxy, startStack } from "./support/proxy.ts";
 
 let stack: Stack;
@@ -444,6 +445,44 @@ describe("path tricks never reach a protected handler", () => {
     const response = await rawRequest(stack.proxy.port, "GET /orders HTTP/1.1\nHost: proxy\nBad Header Line");
     expect(response.status).toBe(400);
     expect((await call("GET", "/healthz")).status).toBe(200);
+  });
+});
+
+describe("claims that become identity headers", () => {
+  const signed = (claims: Record<string, unknown>) => sign(idpKey(stack.idp), goodClaims(stack.idp, claims));
+
+  it("refuses a verified token whose sub or mapped claim holds a control character: 401, reason logged", async () => {
+    for (const claims of [
+      { sub: "alice\r\nX-Auth-Roles: admin" },
+      { sub: "a\u0000b" },
+      { email: "x@y\u007f" },
+    ]) {
+      const id = `ctl-${Math.random()}`;
+      const response = await call("GET", "/orders", {
+        authorization: `Bearer ${await signed(claims)}`,
+        "x-request-id": id,
+      });
+      expect(response.status).toBe(401);
+      expect(response.headers.get("www-authenticate")).toContain('error="invalid_token"');
+      expect(JSON.stringify(response.body)).not.toContain("alice");
+      const line = stack.proxy.logs.find((l) => l.requestId === id);
+      expect(line?.reason).toMatch(/^control-character-in-x-auth-(subject|email)$/);
+    }
+  });
+
+  it("sends a UTF-8 value percent-encoded with an -encoding sibling the app decodes; never drops it", async () => {
+    const email = "Jos\u00e9.M\u00fcller@b\u00fccher.example";
+    const response = await call("GET", "/orders", {
+      authorization: `Bearer ${await signed({ sub: "Zo\u00eb", email })}`,
+      // A client's own sibling never gets through.
+      "X-Auth-Email-Encoding": "none",
+    });
+    expect(response.status).toBe(200);
+    const seen = (response.body.identity as Echo).x_auth;
+    expect(seen["x-auth-subject"]).toEqual(["Zo%C3%AB"]);
+    expect(seen["x-auth-subject-encoding"]).toEqual(["percent"]);
+    expect(seen["x-auth-email-encoding"]).toEqual(["percent"]);
+    expect(seen["x-auth-email"]?.map(decodeURIComponent)).toEqual([email]);
   });
 });
 

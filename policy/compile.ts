@@ -114,6 +114,7 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     // The default assertion header is stripped even when no assertion is configured: an app that
     // checks it must never see a client's copy.
     h.assertion?.header ?? "X-Auth-Assertion",
+    ...h.steeringHeaders,
     ...(h.remove ?? []),
     ...INTERNAL_HEADERS,
   ].map(canonicalHeaderName);

@@ -38,6 +38,41 @@ export const LIMITS = {
   claim: 256,
 } as const;
 
+/**
+ * Client headers that steer an app, a framework or a proxy: client address (X-Real-IP, Forwarded,
+ * True-Client-IP...), path or URL rewrites (X-Original-URL, X-Rewrite-URL, X-Forwarded-Prefix...),
+ * host overrides and method overrides. The sidecar sets X-Forwarded-For/-Proto/-Host itself.
+ */
+export const STEERING_HEADERS = [
+  "Forwarded",
+  "X-Real-IP",
+  "X-Client-IP",
+  "True-Client-IP",
+  "CF-Connecting-IP",
+  "Fastly-Client-IP",
+  "X-Cluster-Client-IP",
+  "X-Original-Forwarded-For",
+  "X-Forwarded",
+  "X-Forwarded-Port",
+  "X-Forwarded-Server",
+  "X-Forwarded-Scheme",
+  "X-Forwarded-Ssl",
+  "X-Url-Scheme",
+  "Front-End-Https",
+  "X-Original-URL",
+  "X-Original-URI",
+  "X-Rewrite-URL",
+  "X-Forwarded-Uri",
+  "X-Forwarded-Path",
+  "X-Forwarded-Prefix",
+  "X-Envoy-Original-Path",
+  "X-Original-Host",
+  "X-Host",
+  "X-HTTP-Method-Override",
+  "X-HTTP-Method",
+  "X-Method-Override",
+] as const;
+
 export const ALGORITHMS = [
   "RS256",
   "RS384",
@@ -387,6 +422,12 @@ export const IdentityHeaders = Type.Object(
           "Further inbound headers removed before forwarding, in every spelling (case, `_` or `.` for `-`), e.g. headers an upstream gateway used to set.",
       }),
     ),
+    steeringHeaders: Type.Array(HeaderName("A header name."), {
+      maxItems: 64,
+      default: [...STEERING_HEADERS],
+      description:
+        "Inbound headers that frameworks, middleware or proxies use to override the client address, the host, the path or the method, removed before forwarding in every spelling. The default lists the common ones; setting the field replaces the list (`remove` adds to it). X-Forwarded-For/-Proto/-Host are always set by the sidecar itself.",
+    }),
     forwardAuthorization: Type.Boolean({
       default: false,
       description:

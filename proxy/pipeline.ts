@@ -190,6 +190,7 @@ export function checkRateLimit(
  */
 export function rateLimitSubject(identity: Identity | undefined, req: IncomingMessage): RateLimitSubject {
   return {
+    issuer: identity?.issuer,
     subject: identity?.subject,
     clientId: identity?.clientId,
     ip: peerAddress(req),

@@ -7,6 +7,8 @@
 import type { RateLimit } from "../policy/schema.ts";
 
 export interface RateLimitSubject {
+  /** The verified token's issuer: subjects and client ids are only unique within one. */
+  issuer?: string;
   subject?: string;
   clientId?: string;
   ip: string;
@@ -33,8 +35,11 @@ export interface RateLimiterOptions {
 export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
   const { key } = limit;
   let value: string | undefined;
-  if (key === "subject") value = who.subject;
-  else if (key === "clientId") value = who.clientId;
+  // Two issuers may well both have a "alice" or a "web-app": their buckets must not be shared.
+  if (key === "subject")
+    value = who.subject === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.subject}`;
+  else if (key === "clientId")
+    value = who.clientId === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.clientId}`;
   else if (key === "ip") value = who.ip;
   else value = who.header(key.slice("header:".length));
   return `${limit.name}\u0000${value ?? "-"}`;

@@ -45,11 +45,29 @@ describe("local token buckets (pure, with a controlled clock)", () => {
 
   it("keys by subject, client, ip or a header; a missing value shares one bucket", () => {
     const subject = who("c1", { "x-tenant": "t1" });
-    expect(bucketKey(limit({ key: "clientId" }), subject)).toBe("writes\u0000c1");
-    expect(bucketKey(limit({ key: "subject" }), subject)).toBe("writes\u0000user-c1");
+    expect(bucketKey(limit({ key: "clientId" }), subject)).toBe("writes\u0000\u0000c1");
+    expect(bucketKey(limit({ key: "subject" }), subject)).toBe("writes\u0000\u0000user-c1");
     expect(bucketKey(limit({ key: "ip" }), subject)).toBe("writes\u000010.0.0.1");
     expect(bucketKey(limit({ key: "header:X-Tenant" }), subject)).toBe("writes\u0000t1");
     expect(bucketKey(limit({ key: "header:X-Other" }), subject)).toBe("writes\u0000-");
+  });
+
+  it("keeps subjects and clients of different issuers in different buckets", async () => {
+    const limiter = new RateLimiter({ now: () => 0 });
+    const limits = [limit({ key: "subject", requestsPerSecond: 1, burst: 1 })];
+    const alice = (issuer: string): RateLimitSubject => ({
+      issuer,
+      subject: "alice",
+      ip: "10.0.0.1",
+      header: () => undefined,
+    });
+    expect(bucketKey(limits[0]!, alice("https://a")) === bucketKey(limits[0]!, alice("https://b"))).toBe(
+      false,
+    );
+    expect((await limiter.check(limits, alice("https://a"))).allowed).toBe(true);
+    // The same sub from another IdP has a bucket of its own.
+    expect((await limiter.check(limits, alice("https://b"))).allowed).toBe(true);
+    expect((await limiter.check(limits, alice("https://a"))).allowed).toBe(false);
   });
 
   it("keeps memory bounded", async () => {

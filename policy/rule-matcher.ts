@@ -1,6 +1,6 @@
-// First-match-wins route rules, matched the way Starlette routes: case-sensitive, no normalisation,
-// an exact pass over every rule, then (when nothing matched and the path is not "/") one more pass on
-// the redirect_slashes variant: trailing "/"s stripped, or one "/" appended.
+// First-match-wins route rules, matched the way Starlette routes: case-sensitive, no normalisation;
+// a path and its redirect_slashes variant (trailing "/"s stripped, or one "/" appended) are one
+// resource, decided by the first rule that matches either.
 //
 // Rules compile into one segment trie per distinct method view (rules without `methods` are in all
 // of them), so a match costs about one walk down the path, not one regex per rule. Each node knows the
@@ -250,7 +250,11 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
     this.#bestIndex = NONE;
     this.#best = undefined;
     this.#searchPath(root, path);
-    if (this.#best === undefined && path !== "/") {
+    // "/x/" and "/x" are one resource to a FastAPI app: it serves one form and redirect_slashes sends
+    // the other to it (routers declare "/" under a prefix as often as not). So a form is decided by the
+    // first rule that matches either form: an earlier rule on "/admin" must cover "/admin/", "/admin//"
+    // and "/admin%2F", not a later, wider rule that happens to match them as written.
+    if (this.#bestIndex !== 0 && path !== "/") {
       this.#searchPath(root, redirectVariant(path));
     }
     return this.#result();

@@ -44,13 +44,19 @@ describe("compileRules: Starlette path semantics", () => {
     expect(admin("")).toBeUndefined();
   });
 
-  it("follows redirect_slashes: the variant only when nothing matches exactly", () => {
+  it("decides a path and its redirect_slashes form by the first rule that matches either", () => {
     expect(admin("/admin/")).toBe("admin");
     expect(admin("/admin//")).toBe("admin");
     expect(admin("/admin/x/")).toBe("item");
     const slashy = matcher([rule("slash", ["/x/"]), rule("bare", ["/x"])]);
-    expect(slashy("/x")).toBe("bare");
+    expect(slashy("/x")).toBe("slash");
     expect(slashy("/x/")).toBe("slash");
+    const bareFirst = matcher([rule("bare", ["/x"]), rule("slash", ["/x/"])]);
+    expect(bareFirst("/x/")).toBe("bare");
+    // A later, wider rule never takes a form an earlier rule covers.
+    const wide = matcher([rule("admin", ["/admin"]), rule("rest", ["/{rest:path}"])]);
+    for (const form of ["/admin", "/admin/", "/admin//"]) expect(wide(form), form).toBe("admin");
+    expect(wide("/admin/x")).toBe("rest");
     const onlySlash = matcher([rule("slash", ["/x/"])]);
     expect(onlySlash("/x")).toBe("slash");
     expect(onlySlash("/x//")).toBeUndefined(); // stripped to /x, which /x/ does not match
@@ -257,7 +263,7 @@ describe("compileRules: hostile input", () => {
 
 describe("compileRules against a regex reference of Starlette's routing", () => {
   // Starlette's Router, written the naive way: each compile_path regex in order, Python's `$` (which
-  // also matches before a final "\n") and `.` (everything but "\n"), then the redirect_slashes retry.
+  // also matches before a final "\n") and `.` (everything but "\n"), and the redirect_slashes form.
   function reference(templates: string[]) {
     const regexes = templates.map((t) => {
       const source = starletteRegexSource(parsePathTemplate(t)).replaceAll("(?<p>.*)", "(?<p>[^\\n]*)");
@@ -267,10 +273,13 @@ describe("compileRules against a regex reference of Starlette's routing", () => 
       const i = regexes.findIndex((r) => r.test(path) || (path.endsWith("\n") && r.test(path.slice(0, -1))));
       return i === -1 ? undefined : i;
     };
+    // A path and its redirect_slashes form are one resource: the first rule matching either decides.
     return (path: string) => {
       const exact = first(path);
-      if (exact !== undefined || path === "/") return exact;
-      return first(path.endsWith("/") ? path.replace(/\/+$/, "") : `${path}/`);
+      if (path === "/") return exact;
+      const other = first(path.endsWith("/") ? path.replace(/\/+$/, "") : `${path}/`);
+      if (exact === undefined) return other;
+      return other === undefined ? exact : Math.min(exact, other);
     };
   }
 

@@ -32,6 +32,11 @@ function askPython(python: string, request: object): Promise<Answers> {
 }
 
 /** Every "/"-joined combination of pieces, up to `depth` segments. */
+/** The path Starlette's redirect_slashes tries: trailing "/"s stripped, or one "/" appended. */
+function redirectVariant(path: string): string {
+  return path.endsWith("/") ? path.replace(/\/+$/, "") : `${path}/`;
+}
+
 function corpus(pieces: readonly string[], depth: number): string[] {
   const out: string[] = [];
   const visit = (path: string, level: number) => {
@@ -119,18 +124,29 @@ describe("compileRules against Starlette's Router", () => {
     ["without the catch-all", TEMPLATES.slice(0, -1)],
   ])("routes every path of the corpus to the same rule (%s)", async (_, templates) => {
     const paths = [...HANDPICKED, ...corpus(PIECES, 3)];
-    const { routes } = await askPython(python, { templates, paths });
-    expect(routes).toHaveLength(paths.length);
+    // Each path's redirect_slashes variant is asked too: the two forms are one resource, decided by
+    // the first rule that Starlette routes either form to.
+    const variants = paths.map(redirectVariant);
+    const { routes } = await askPython(python, { templates, paths: [...paths, ...variants] });
+    expect(routes).toHaveLength(2 * paths.length);
     // One template per rule, so a rule's index is Starlette's route index.
     const matcher = compileRules(templates.map((t, i) => ({ name: `r${i}`, paths: [t] })));
-    const counts = { 200: 0, 307: 0, 404: 0 };
+    const counts = { 200: 0, 307: 0, 404: 0, earlier: 0 };
     paths.forEach((path, i) => {
       const starlette = routes[i] as RouteOutcome;
+      const variant = routes[paths.length + i] as RouteOutcome;
       const ours = matcher.match("GET", path);
-      const where = `${JSON.stringify(path)} -> ${JSON.stringify(starlette)}`;
+      const where = `${JSON.stringify(path)} -> ${JSON.stringify(starlette)}, its other form -> ${JSON.stringify(variant)}`;
       counts[starlette.status]++;
+      const exact = starlette.status === 200 ? starlette.index : Number.POSITIVE_INFINITY;
+      const other = path !== "/" && variant.status === 200 ? variant.index : Number.POSITIVE_INFINITY;
       if (starlette.status === 404) {
         expect(ours, where).toBeUndefined();
+      } else if (other < exact) {
+        // An earlier rule covers the other form: it decides this one too (Starlette alone would
+        // route it to a later, wider route, or redirect it).
+        counts.earlier++;
+        expect(ours?.index, where).toBe(other);
       } else if (starlette.status === 200) {
         expect(ours?.index, where).toBe(starlette.index);
         expect(ours?.params, where).toEqual(starlette.params);
@@ -139,10 +155,48 @@ describe("compileRules against Starlette's Router", () => {
       }
     });
     // The corpus exercises every outcome, not just one.
+    expect(counts.earlier).toBeGreaterThan(10);
     expect(counts[200]).toBeGreaterThan(1000);
     expect(counts[307]).toBeGreaterThan(20);
     if (templates.length < TEMPLATES.length) expect(counts[404]).toBeGreaterThan(1000);
   });
+});
+
+describe("a rule on /admin and the app's admin handler, declared either way", () => {
+  let python = "";
+  beforeAll(async () => {
+    python = await ensureVenv();
+  });
+
+  // The policy: the admin area first, then a wide rule for everything else.
+  const matcher = compileRules([
+    { name: "admin", paths: ["/admin"] },
+    { name: "rest", paths: ["/{rest:path}"] },
+  ]);
+
+  it.each([
+    ["as /admin", ["/admin", "/orders"]],
+    ["as / under an /admin router prefix, i.e. /admin/", ["/admin/", "/orders"]],
+  ])(
+    "decides every form the app's admin handler serves under the admin rule (declared %s)",
+    async (_, app) => {
+      const forms = ["/admin", "/admin/", "/admin//", "/admin///"];
+      const { routes } = await askPython(python, { templates: app, paths: forms });
+      let served = 0;
+      forms.forEach((form, i) => {
+        const outcome = routes[i] as RouteOutcome;
+        // What Starlette serves of these forms, it serves from the admin handler (route 0), directly
+        // or by redirect...
+        if (outcome.status !== 404) {
+          served++;
+          expect(outcome.index, form).toBe(0);
+        }
+        // ...so the policy decides every form under the admin rule, never the wide one.
+        expect(matcher.match("GET", form)?.rule.name, form).toBe("admin");
+      });
+      expect(served).toBeGreaterThanOrEqual(2);
+    },
+  );
 });
 
 describe("parseRequestTarget against urllib.parse.unquote", () => {

@@ -1,15 +1,18 @@
 // Verified bearer tokens per second, uncached (every call checks the signature) against cached (the
 // verified-token cache answers), for RS256 and ES256 tokens from the real example IdP, and what refusing
-// an expired token costs against verifying a valid one. A plain script:
+// an expired token costs against verifying a valid one, and what a forged-token flood costs. A plain script:
 //   npx node bench/verify.ts
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { generateKeyPair, SignJWT } from "jose";
 import { parse } from "yaml";
 import { type IdentityProvider, type IdpSigningAlg, startIdentityProvider } from "../examples/idp.ts";
 import { compilePolicy } from "../policy/compile.ts";
+import type { RateLimit } from "../policy/schema.ts";
 import { validatePolicyObject } from "../policy/validate.ts";
 import { KeySetRegistry } from "../proxy/authn/key-set.ts";
 import { type BearerVerifier, createBearerVerifier } from "../proxy/authn/verify-bearer.ts";
+import { RateLimiter } from "../proxy/rate-limit.ts";
 import { median } from "./support/median.ts";
 
 const ROUNDS = 7;
@@ -126,6 +129,73 @@ async function expiredRefusals(): Promise<void> {
   }
 }
 
+/**
+ * A flood of forged tokens against the valid traffic it competes with, CPU per request, same process:
+ * a new forged token each time (a signature check each: the flood without verificationsPerPeer), one
+ * forged token repeated (refused from the cache of refused tokens), a flood past verificationsPerPeer's
+ * burst (a bucket check, no verification), and a valid token served from the verified-token cache.
+ */
+async function forgedFlood(): Promise<void> {
+  const idp = await startIdentityProvider({ signingAlg: "RS256", tokenTtlSeconds: 3600 });
+  const registry = new KeySetRegistry();
+  try {
+    const policy = policyFor(idp);
+    const verifier = createBearerVerifier(policy, { keySets: registry });
+    await verifier.ready();
+    const valid = await idp.token("reader");
+    const idpKid = idp.kids()[0];
+    // The IdP's kid, a key of the forger's own: a signature check every time.
+    const { privateKey } = await generateKeyPair("RS256");
+    const forge = (i: number) =>
+      new SignJWT({ scope: "orders.admin", client_id: "x" })
+        .setProtectedHeader({ alg: "RS256", kid: idpKid ?? "" })
+        .setIssuer(idp.issuer)
+        .setAudience(idp.audience)
+        .setSubject(`victim-${i}`)
+        .setIssuedAt()
+        .setExpirationTime("1h")
+        .sign(privateKey);
+    const n = 2_000;
+    const forged = await Promise.all(Array.from({ length: n }, (_, i) => forge(i)));
+    const limiter = new RateLimiter();
+    const perPeer: RateLimit = {
+      name: "verifications-per-peer",
+      rules: [],
+      key: "ip",
+      requestsPerSecond: 1,
+      burst: 1,
+      store: "local",
+    };
+    const who = { ip: "10.0.0.66", header: () => undefined };
+    const cpuPer = async (step: (i: number) => Promise<unknown>) => {
+      const start = process.cpuUsage();
+      for (let i = 0; i < n; i++) await step(i);
+      const { user, system } = process.cpuUsage(start);
+      return (user + system) / n;
+    };
+    const steps = {
+      "forged, new each time": (i: number) => verifier.verify(forged[i]!),
+      "forged, repeated": () => verifier.verify(forged[0]!),
+      "forged, past verificationsPerPeer": () => limiter.check([perPeer], who),
+      "valid, cached": () => verifier.verify(valid),
+    };
+    await cpuPer(steps["valid, cached"]);
+    const costs = Object.entries(steps).map(([name]) => name);
+    const results: Record<string, number> = {};
+    for (const name of costs) results[name] = await cpuPer(steps[name as keyof typeof steps]);
+    const base = results["valid, cached"]!;
+    for (const name of costs) {
+      console.log(
+        `  ${name.padEnd(36)} ${results[name]!.toFixed(2).padStart(8)} us CPU  ${(results[name]! / base).toFixed(1).padStart(7)}x a valid cached token`,
+      );
+    }
+    verifier.close();
+  } finally {
+    registry.close();
+    await idp.stop();
+  }
+}
+
 /** What a SHA-256 cache key would add per request (the cache is keyed by the token string instead). */
 function sha256Micros(token: string): number {
   const n = 200_000;
@@ -144,6 +214,8 @@ for (const alg of ["RS256", "ES256"] as const) {
   for (const inFlight of [1, IN_FLIGHT]) await compare(alg, inFlight);
 }
 await expiredRefusals();
+console.log("a forged-token flood, CPU per request (RS256):");
+await forgedFlood();
 const sample = "x".repeat(900);
 console.log(
   `sha256 of a 900-char token: ${sha256Micros(sample).toFixed(2)} us (not paid: the cache key is the token)`,

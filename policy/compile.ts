@@ -43,6 +43,8 @@ export interface CompiledPolicy {
   mode: Mode;
   /** Some rule or the policy is in DryRun: refusals may be forwarded (the proxy checks only then). */
   dryRun: boolean;
+  /** spec.authentication.verificationsPerPeer as a limit keyed by the client address (local buckets). */
+  verificationLimit: RateLimit | undefined;
   /** By exact `iss`. */
   issuers: ReadonlyMap<string, Issuer>;
   rolesFor: RoleMapper;
@@ -125,12 +127,29 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     defaultAction: spec.authorization.defaultAction,
     mode: spec.mode,
     dryRun: spec.mode === "DryRun" || rules.some((rule) => rule.mode === "DryRun"),
+    verificationLimit: verificationLimit(spec),
     issuers: new Map(spec.authentication.issuers.map((i) => [i.issuer, i])),
     rolesFor: compileRoleMappings(spec.authorization.roleMappings),
     identityHeaders,
     strippedHeaders: new Set(stripped),
     requestIdHeaders: spec.listener.requestIdHeaders.map((n) => n.toLowerCase()),
     upstreamTimeoutMs: spec.upstream.timeoutSeconds * 1000,
+  };
+}
+
+/** The name it goes by in 429 answers, logs and metrics. */
+export const VERIFICATION_LIMIT_NAME = "verifications-per-peer";
+
+function verificationLimit(spec: AccessPolicySpec): RateLimit | undefined {
+  const limit = spec.authentication.verificationsPerPeer;
+  if (limit === undefined) return undefined;
+  return {
+    name: VERIFICATION_LIMIT_NAME,
+    rules: [],
+    key: "ip",
+    requestsPerSecond: limit.requestsPerSecond,
+    burst: limit.burst,
+    store: "local",
   };
 }
 

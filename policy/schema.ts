@@ -272,6 +272,19 @@ export const Authentication = Type.Object(
         },
       ],
     }),
+    verificationsPerPeer: Type.Optional(
+      Type.Object(
+        {
+          requestsPerSecond: Type.Integer({ minimum: 1, maximum: 100_000, description: "Sustained rate." }),
+          burst: Type.Integer({ minimum: 1, maximum: 100_000, description: "Bucket size." }),
+        },
+        {
+          additionalProperties: false,
+          description:
+            "A limit per client address on token verifications, counted before the signature check: a token served from the cache of verified tokens never counts, so a flood of forged, expired or garbage tokens from one peer gets 429 without costing a signature check each. Per sidecar. Off when absent.",
+        },
+      ),
+    ),
   },
   { additionalProperties: false, description: "How bearer tokens are validated." },
 );

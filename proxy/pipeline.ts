@@ -330,6 +330,28 @@ export function admit(
       problem,
     );
   }
+  const preAuth = credential.known === undefined ? policy.verificationLimit : undefined;
+  if (preAuth !== undefined) {
+    // A token not verified before costs a signature check: counted per peer first, so a flood of
+    // forged or garbage tokens gets 429 instead of one check each.
+    return ctx.rateLimiter.check([preAuth], { ip: peerAddress(req), header: noHeader }).then((verdict) => {
+      if (!verdict.allowed) return rateLimited(exchange, decided, verdict);
+      return verifyThenAdmit(ctx, runtime, decided, req, exchange, credential);
+    });
+  }
+  return verifyThenAdmit(ctx, runtime, decided, req, exchange, credential);
+}
+
+const noHeader = (): undefined => undefined;
+
+function verifyThenAdmit(
+  ctx: ProxyContext,
+  runtime: ProxyRuntime,
+  decided: Decided,
+  req: IncomingMessage,
+  exchange: Exchange,
+  credential: { token: string; known?: Verification },
+): Admission | Promise<Admission> {
   const verification = verifyBearer(runtime.verifier, credential);
   if (verification instanceof Promise) {
     return verification.then((verified) => admitVerified(ctx, decided, req, exchange, verified));

@@ -16,6 +16,7 @@ import { type Identity, identityFromClaims } from "../../policy/identity.ts";
 import { MAX_TOKEN_LENGTH } from "./credential.ts";
 import { type FetchObserver, type KeySetRegistry, KeysUnavailable, type RemoteKeySet } from "./key-set.ts";
 import { checkNumericDates } from "./numeric-date.ts";
+import { RefusedTokens, TOKEN_DECIDED } from "./refused-tokens.ts";
 
 export type { Identity };
 
@@ -145,6 +146,7 @@ export function createBearerVerifier(
     options.cacheChars ?? DEFAULT_CACHE_CHARS,
   );
   let closed = false;
+  const refused = new RefusedTokens<Verification>();
 
   async function verifyUncached(token: string, nowSeconds: number): Promise<Verification> {
     let header: ReturnType<typeof decodeProtectedHeader>;
@@ -232,8 +234,13 @@ export function createBearerVerifier(
       if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
       const cached = verifyCached(token);
       if (cached !== undefined) return cached;
+      const nowMs = now();
+      const refusedBefore = refused.get(token, nowMs);
+      if (refusedBefore !== undefined) return refusedBefore;
       try {
-        return await verifyUncached(token, Math.floor(now() / 1000));
+        const result = await verifyUncached(token, Math.floor(nowMs / 1000));
+        if (!result.ok && TOKEN_DECIDED.has(result.reason) && !closed) refused.add(token, result, nowMs);
+        return result;
       } catch {
         // Nothing above should throw; if it does, the request is refused, not crashed.
         return fail("internal");
@@ -250,6 +257,7 @@ export function createBearerVerifier(
       if (closed) return;
       closed = true;
       cache.clear();
+      refused.clear();
       for (const stop of unobserve) stop();
       for (const issuer of issuers.values()) options.keySets.release(issuer.keySet);
     },

@@ -10,7 +10,7 @@ const POLICY_FILE = new URL("../../examples/fastapi/policy.yaml", import.meta.ur
 export interface ExampleDocument {
   metadata: { name: string };
   spec: {
-    authentication: { issuers: Record<string, unknown>[] };
+    authentication: { issuers: Record<string, unknown>[] } & Record<string, unknown>;
     authorization: { rules: Record<string, unknown>[] };
     identityHeaders: Record<string, unknown>;
     rateLimits: Record<string, unknown>[];

@@ -1,6 +1,11 @@
-// First-match-wins route rules, matched the way Starlette routes: case-sensitive, no normalisation;
-// a path and its redirect_slashes variant (trailing "/"s stripped, or one "/" appended) are one
-// resource, decided by the first rule that matches either.
+// First-match-wins route rules, matched the way Starlette routes: case-sensitive, no normalisation.
+// A rule's trailing "/"s are insignificant: the app may declare its route either way (a FastAPI
+// router's "/" under a prefix is `/admin/`), and Starlette's redirect_slashes sends the other form
+// (`/admin/`, `/admin//`, or `/admin` for a route on `/admin/`) to that route. So a rule path without a
+// `{name:path}` tail matches a request path when both agree with their trailing "/"s stripped, and a
+// tail also matches its prefix without the "/" (`/static` for `/static/{rest:path}`); the first rule
+// that matches any of these forms wins, so such a form never falls through to a later, wider rule.
+// Paths made only of "/"s are matched exactly (Starlette never redirects "/").
 //
 // Rules compile into one segment trie per distinct method view (rules without `methods` are in all
 // of them), so a match costs about one walk down the path, not one regex per rule. Each node knows the
@@ -8,7 +13,13 @@
 // Python's `$` also matches before a final "\n" and its `.` never matches "\n": both are reproduced,
 // though the proxy rejects control characters before matching.
 
-import { type MixedSegment, type ParamConverter, parsePathTemplate } from "./path-template.ts";
+import {
+  type MixedSegment,
+  type ParamConverter,
+  type PathTemplate,
+  parsePathTemplate,
+  type Segment,
+} from "./path-template.ts";
 import { converterKind, kindMatchesRange, type SegmentPattern } from "./segment-pattern.ts";
 
 export interface RuleMatch<R> {
@@ -76,7 +87,10 @@ interface TrieNode<R> {
   mixed: MixedEdge<R>[];
   /** Lowest-index rule whose template ends here. */
   end: Terminal<R> | undefined;
-  /** Lowest-index rule with a `{name:path}` tail starting after the "/" that leads here. */
+  /**
+   * Lowest-index rule with a `{name:path}` tail starting after the "/" that leads here; it also matches
+   * a path ending at this node (redirect_slashes appends the "/", and the tail captures "").
+   */
   tail: Terminal<R> | undefined;
   minIndex: number;
 }
@@ -128,10 +142,26 @@ function terminal<R>(rule: R, index: number, template: string, names: readonly s
   return { index, template, names, rule, fixed };
 }
 
+/**
+ * The segments a template is matched by: without a tail, trailing empty segments (trailing "/"s) go,
+ * unless nothing but empty segments would remain (`/`, `//`: matched exactly).
+ */
+function matchedSegments(template: PathTemplate): readonly Segment[] {
+  const { segments } = template;
+  if (template.tail !== undefined) return segments;
+  let end = segments.length;
+  while (end > 0 && isEmptyLiteral(segments[end - 1])) end--;
+  return end === 0 ? segments : segments.slice(0, end);
+}
+
+function isEmptyLiteral(segment: Segment | undefined): boolean {
+  return segment?.kind === "literal" && segment.text === "";
+}
+
 function insert<R>(root: TrieNode<R>, rule: R, index: number, source: string): void {
   const template = parsePathTemplate(source);
   let node = root;
-  for (const segment of template.segments) {
+  for (const segment of matchedSegments(template)) {
     let child: TrieNode<R> | undefined;
     if (segment.kind === "literal") {
       const at = node.literalKeys.indexOf(segment.text);
@@ -220,6 +250,8 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
   #best: Terminal<R> | undefined;
   #bestPath = "";
   #lastNewline = -1;
+  /** Where the path's segments end for this search: before its trailing "/"s (see #searchFrom). */
+  #limit = 0;
 
   constructor(rules: readonly R[]) {
     const methods = new Set<string>();
@@ -249,14 +281,8 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
     const root = this.#byMethod.get(method) ?? this.#otherMethods;
     this.#bestIndex = NONE;
     this.#best = undefined;
-    this.#searchPath(root, path);
-    // "/x/" and "/x" are one resource to a FastAPI app: it serves one form and redirect_slashes sends
-    // the other to it (routers declare "/" under a prefix as often as not). So a form is decided by the
-    // first rule that matches either form: an earlier rule on "/admin" must cover "/admin/", "/admin//"
-    // and "/admin%2F", not a later, wider rule that happens to match them as written.
-    if (this.#bestIndex !== 0 && path !== "/") {
-      this.#searchPath(root, redirectVariant(path));
-    }
+    // Starlette appends "/" to an empty path (no HTTP request has one; the CLI may pass it).
+    this.#searchPath(root, path === "" ? "/" : path);
     return this.#result();
   }
 
@@ -269,6 +295,11 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
   #searchFrom(root: TrieNode<R>, path: string): void {
     if (path.charCodeAt(0) !== SLASH) return;
     this.#lastNewline = -2;
+    // One walk covers every trailing-"/" form: segments end before the trailing "/"s, where rules'
+    // trailing "/"s were cut too; tails still capture to the very end.
+    let limit = path.length;
+    while (limit > 0 && path.charCodeAt(limit - 1) === SLASH) limit--;
+    this.#limit = limit === 0 ? path.length : limit;
     this.#search(root, path, 1, 0);
   }
 
@@ -281,22 +312,23 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
       this.#captures[2 * count + 1] = path.length;
       this.#record(tail, path, count + 1);
     }
+    const limit = this.#limit;
     let end = pos;
     if (node.literalMask === -1) {
       end = path.indexOf("/", pos);
-      if (end === -1) end = path.length;
+      if (end === -1 || end > limit) end = limit;
     } else {
       // Hash the segment while looking for its end, for the literal table.
       let hash = 0;
-      for (; end < path.length; end++) {
+      for (; end < limit; end++) {
         const c = path.charCodeAt(end);
         if (c === SLASH) break;
         hash = (Math.imul(hash, 31) + c) | 0;
       }
       const child = literalChild(node, path, pos, end, hash);
-      if (child !== undefined) this.#descend(child, path, end, end === path.length, count);
+      if (child !== undefined) this.#descend(child, path, end, end === limit, count);
     }
-    const last = end === path.length;
+    const last = end === limit;
 
     for (const edge of node.params) {
       if (edge.node.minIndex >= this.#bestIndex) break;
@@ -319,6 +351,13 @@ class TrieMatcher<R extends MatchableRule> implements RuleMatcher<R> {
     }
     const t = child.end;
     if (t !== undefined && t.index < this.#bestIndex) this.#record(t, path, count);
+    // A tail after this node takes what follows: "" for `/static` or `/static/`, "/" for `/static//`.
+    const tail = child.tail;
+    if (tail !== undefined && tail.index < this.#bestIndex && this.#newlineFreeFrom(path, end)) {
+      this.#captures[2 * count] = Math.min(end + 1, path.length);
+      this.#captures[2 * count + 1] = path.length;
+      this.#record(tail, path, count + 1);
+    }
   }
 
   /** Python's `.` stops at "\n", so a tail matches only when none follows. */
@@ -369,14 +408,6 @@ function literalChild<R>(
     if (entry.hash === hash && entry.key.length === length && path.startsWith(entry.key, pos))
       return entry.node;
   }
-}
-
-/** The path Starlette's redirect_slashes retries: trailing "/"s stripped, or one appended. */
-function redirectVariant(path: string): string {
-  if (path.charCodeAt(path.length - 1) !== SLASH) return `${path}/`;
-  let end = path.length;
-  while (end > 0 && path.charCodeAt(end - 1) === SLASH) end--;
-  return path.slice(0, end);
 }
 
 /** Compiles rules into a matcher; throws PathTemplateError on an invalid template. */

@@ -328,7 +328,7 @@ export const Rule = Type.Object(
       minItems: 1,
       maxItems: LIMITS.pathsPerRule,
       description:
-        "Path templates in FastAPI/Starlette syntax: `/orders/{order_id}`, `/files/{rest:path}`; converters str, int, float, uuid, path. Matched against the percent-decoded path, case-sensitively, without the query.",
+        "Path templates in FastAPI/Starlette syntax: `/orders/{order_id}`, `/files/{rest:path}`; converters str, int, float, uuid, path. Matched against the percent-decoded path, case-sensitively, without the query. Trailing `/`s do not matter: `/admin` also covers `/admin/` and `/admin//` (Starlette serves or redirects them to the route, however the app declares it), and `/static/{rest:path}` covers `/static`.",
     }),
     methods: Type.Optional(
       Type.Array(stringEnum(METHODS, "An HTTP method."), {

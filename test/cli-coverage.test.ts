@@ -49,6 +49,7 @@ describe("portcullis coverage", () => {
       "error: POST /orders: no rule covers it; it falls to defaultAction Deny",
       "error: GET /orders/{order_id}: no rule covers it; it falls to defaultAction Deny",
       "error: HEAD /orders/{order_id}: no rule covers it; it falls to defaultAction Deny",
+      "error: GET /audit/: no rule covers it; it falls to defaultAction Deny",
       "warning: rule read-orders: path /order/{order_id:int} matches no route in the OpenAPI document",
       "warning: rule files: path /ws matches no route in the OpenAPI document",
       "warning: rule write-orders: names PUT for /orders, which serves only GET, POST, HEAD",
@@ -115,7 +116,7 @@ describe("portcullis init", () => {
     const starter = join(dir, "starter.yaml");
     const init = await portcullis("init", "--openapi", openapi, "--name", "orders-api", "--output", starter);
     expect(init.code).toBe(0);
-    expect(init.stderr).toBe(`wrote ${starter}: 9 rules for 8 paths\n`);
+    expect(init.stderr).toBe(`wrote ${starter}: 10 rules for 9 paths\n`);
     const written = parse(readFileSync(starter, "utf8")) as {
       spec: {
         mode: string;

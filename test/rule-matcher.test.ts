@@ -44,7 +44,8 @@ describe("compileRules: Starlette path semantics", () => {
     expect(admin("")).toBeUndefined();
   });
 
-  it("decides a path and its redirect_slashes form by the first rule that matches either", () => {
+  it("a rule's trailing slashes are insignificant: every trailing-slash form falls under the first rule", () => {
+    // /admin/ and /admin// are redirected by Starlette to a route on /admin, or served by one on /admin/.
     expect(admin("/admin/")).toBe("admin");
     expect(admin("/admin//")).toBe("admin");
     expect(admin("/admin/x/")).toBe("item");
@@ -53,13 +54,33 @@ describe("compileRules: Starlette path semantics", () => {
     expect(slashy("/x/")).toBe("slash");
     const bareFirst = matcher([rule("bare", ["/x"]), rule("slash", ["/x/"])]);
     expect(bareFirst("/x/")).toBe("bare");
-    // A later, wider rule never takes a form an earlier rule covers.
-    const wide = matcher([rule("admin", ["/admin"]), rule("rest", ["/{rest:path}"])]);
-    for (const form of ["/admin", "/admin/", "/admin//"]) expect(wide(form), form).toBe("admin");
-    expect(wide("/admin/x")).toBe("rest");
     const onlySlash = matcher([rule("slash", ["/x/"])]);
     expect(onlySlash("/x")).toBe("slash");
-    expect(onlySlash("/x//")).toBeUndefined(); // stripped to /x, which /x/ does not match
+    expect(onlySlash("/x//")).toBe("slash");
+  });
+
+  it("never lets a trailing-slash form fall through to a later, wider rule", () => {
+    const m = matcher([
+      rule("admin", ["/admin"]),
+      rule("reports", ["/reports/"]),
+      rule("order", ["/orders/{id:int}"]),
+      rule("static", ["/static/{p:path}"]),
+      rule("rest", ["/{p:path}"]),
+    ]);
+    for (const path of ["/admin", "/admin/", "/admin//", "/admin///"]) expect(m(path), path).toBe("admin");
+    for (const path of ["/reports", "/reports/", "/reports//"]) expect(m(path), path).toBe("reports");
+    expect(m("/orders/7/")).toBe("order");
+    expect(m("/orders/x/")).toBe("rest");
+    expect(m("/static")).toBe("static");
+    expect(m("/static/")).toBe("static");
+    expect(m("/administrator/")).toBe("rest");
+    expect(m("/admin/x")).toBe("rest");
+    // A tail captures what Starlette would give it.
+    const tails = compileRules([rule("static", ["/static/{p:path}"])]);
+    expect(tails.match("GET", "/static")?.params).toEqual({ p: "" });
+    expect(tails.match("GET", "/static/")?.params).toEqual({ p: "" });
+    expect(tails.match("GET", "/static//")?.params).toEqual({ p: "/" });
+    expect(tails.match("GET", "/static/a/")?.params).toEqual({ p: "a/" });
   });
 
   it("never treats / as empty, and strips // down to nothing", () => {
@@ -262,24 +283,28 @@ describe("compileRules: hostile input", () => {
 });
 
 describe("compileRules against a regex reference of Starlette's routing", () => {
-  // Starlette's Router, written the naive way: each compile_path regex in order, Python's `$` (which
-  // also matches before a final "\n") and `.` (everything but "\n"), and the redirect_slashes form.
+  // The matcher's contract written the naive way: each compile_path regex in order, Python's `$` (which
+  // also matches before a final "\n") and `.` (everything but "\n"), and a rule also taking the
+  // trailing-slash forms that Starlette serves or redirects to its route, however the app declares it.
   function reference(templates: string[]) {
-    const regexes = templates.map((t) => {
-      const source = starletteRegexSource(parsePathTemplate(t)).replaceAll("(?<p>.*)", "(?<p>[^\\n]*)");
-      return new RegExp(source);
+    const toRegex = (t: string) =>
+      new RegExp(starletteRegexSource(parsePathTemplate(t)).replaceAll("(?<p>.*)", "(?<p>[^\\n]*)"));
+    const onlySlashes = (s: string) => /^\/+$/.test(s);
+    const rules = templates.map((t) => {
+      const tail = parsePathTemplate(t).tail !== undefined;
+      const stripped = tail || onlySlashes(t) ? undefined : toRegex(t.replace(/\/+$/, ""));
+      return { exact: toRegex(t), stripped, tail };
     });
-    const first = (path: string) => {
-      const i = regexes.findIndex((r) => r.test(path) || (path.endsWith("\n") && r.test(path.slice(0, -1))));
-      return i === -1 ? undefined : i;
-    };
-    // A path and its redirect_slashes form are one resource: the first rule matching either decides.
+    // Rule i takes s when its regex matches s, or (no tail) both agree with trailing "/"s stripped,
+    // or (a tail) s plus the "/" that redirect_slashes appends.
+    const takes = (r: (typeof rules)[number], s: string) =>
+      r.exact.test(s) ||
+      (r.stripped !== undefined && !onlySlashes(s) && r.stripped.test(s.replace(/\/+$/, ""))) ||
+      (r.tail && !s.endsWith("/") && r.exact.test(`${s}/`));
     return (path: string) => {
-      const exact = first(path);
-      if (path === "/") return exact;
-      const other = first(path.endsWith("/") ? path.replace(/\/+$/, "") : `${path}/`);
-      if (exact === undefined) return other;
-      return other === undefined ? exact : Math.min(exact, other);
+      const s = path === "" ? "/" : path;
+      const i = rules.findIndex((r) => takes(r, s) || (s.endsWith("\n") && takes(r, s.slice(0, -1))));
+      return i === -1 ? undefined : i;
     };
   }
 

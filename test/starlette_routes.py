@@ -1,12 +1,14 @@
 """Asks the real Starlette Router which route a decoded path reaches.
 
-stdin: {"templates": ["/a", "/b/{x:int}", ...], "paths": ["/a", "/a/", ...], "unquote": ["/%61", ...]}
-stdout: {"routes": [...], "unquoted": [...]}, where routes holds one object per path, in order:
-  {"status": 200, "index": i, "params": {...}}   route i served it; params as its regex captured them
-  {"status": 307, "location": "...", "index": j}  redirect_slashes; route j serves the redirected path
-  {"status": 404}
-and unquoted holds urllib.parse.unquote of each raw path, as uvicorn computes scope["path"].
-Route i's endpoint answers with its own index, so the answer comes from Starlette's own dispatch.
+stdin: {"unquote": ["/%61", ...], "owners": {"rules": [[declaration, ...], ...], "paths": [...]}}
+stdout: {"unquoted": [...], "owners": [...]}: unquoted holds urllib.parse.unquote of each raw path,
+as uvicorn computes scope["path"].
+
+owners: each rule is a list of ways an app may declare its route, {"route": path} (a Starlette Route)
+or {"prefix": p} (a FastAPI APIRouter serving "/" included under prefix p: the route `p/`). For each
+path, the first rule one of whose declarations, alone in a router with redirect_slashes, serves (200)
+or redirects (307) it: {"index": i, "status": 200 | 307, "params": {...}} (params for a Route's
+200), or {"index": null}. The answers come from Starlette's own dispatch.
 """
 
 import asyncio
@@ -14,6 +16,7 @@ import json
 import sys
 from urllib.parse import unquote
 
+from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, Router
@@ -58,28 +61,46 @@ async def call(router, path):
     return start["status"], headers, body
 
 
-def redirected_path(path):
-    # What Router.app puts in redirect_scope["path"] before building the Location.
-    return path.rstrip("/") if path.endswith("/") else path + "/"
+def declared(declaration):
+    """An app (its router has redirect_slashes=True) holding just the route as declared."""
+    if "route" in declaration:
+        return Router(routes=[Route(declaration["route"], endpoint_for(0))], redirect_slashes=True)
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    below = APIRouter()
+
+    @below.get("/")
+    async def root():
+        return {"index": 0, "params": None}
+
+    app.include_router(below, prefix=declaration["prefix"])
+    return app
+
+
+async def owners(request):
+    rules = [[declared(d) for d in declarations] for declarations in request["rules"]]
+    results = []
+    for path in request["paths"]:
+        owner = {"index": None}
+        for index, routers in enumerate(rules):
+            for router in routers:
+                status, _, body = await call(router, path)
+                if status in (200, 307):
+                    owner = {"index": index, "status": status}
+                    params = json.loads(body)["params"] if status == 200 else None
+                    if params is not None:
+                        owner["params"] = params
+                    break
+            if owner["index"] is not None:
+                break
+        results.append(owner)
+    return results
 
 
 async def main():
     request = json.load(sys.stdin)
-    routes = [Route(t, endpoint_for(i)) for i, t in enumerate(request.get("templates", []))]
-    router = Router(routes=routes, redirect_slashes=True)
-    results = []
-    for path in request.get("paths", []):
-        status, headers, body = await call(router, path)
-        if status == 200:
-            results.append({"status": 200, **json.loads(body)})
-        elif status == 307:
-            again, _, body = await call(router, redirected_path(path))
-            index = json.loads(body)["index"] if again == 200 else None
-            results.append({"status": 307, "location": headers["location"], "index": index})
-        else:
-            results.append({"status": status})
     unquoted = [unquote(raw) for raw in request.get("unquote", [])]
-    json.dump({"routes": results, "unquoted": unquoted}, sys.stdout)
+    owned = await owners(request["owners"]) if "owners" in request else []
+    json.dump({"unquoted": unquoted, "owners": owned}, sys.stdout)
 
 
 asyncio.run(main())

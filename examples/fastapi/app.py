@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
@@ -117,6 +117,19 @@ async def admin_area(request: Request, rest: str) -> JSONResponse:
 @app.get("/internal/{rest:path}")
 async def internal_area(request: Request, rest: str) -> JSONResponse:
     return answer(request, {"area": "internal", "rest": rest})
+
+
+# A router serving "/" under its prefix: FastAPI declares the route as /audit/ (with the slash), and
+# Starlette redirects /audit to it. A policy rule on /audit must cover both forms.
+audit = APIRouter(prefix="/audit")
+
+
+@audit.get("/")
+async def list_audit(request: Request) -> JSONResponse:
+    return answer(request, {"area": "audit"})
+
+
+app.include_router(audit)
 
 
 def pattern_bytes(size: int) -> Iterator[bytes]:

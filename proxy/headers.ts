@@ -132,6 +132,17 @@ function wireNames(names: IdentityHeaderNames): IdentityHeaderNames {
   };
 }
 
+// uri-host [":" port]: an IP literal, or a reg-name of unreserved and sub-delims characters and
+// %-escapes. No comma (a list of values), no "@" (userinfo), no space or control character. The port
+// range (0-65535) is in the pattern, so the check on every request is one test() with no match array.
+const HOST_AND_PORT =
+  /^(?:\[[0-9A-Fa-f:.]{2,45}\]|(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+)(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$/;
+
+/** A Host value the app's server would accept: host[:port], the port at most 65535. */
+export function isHostAndPort(value: string): boolean {
+  return HOST_AND_PORT.test(value);
+}
+
 /** The result of one pass over the client's headers. */
 export interface InboundHeaders {
   /** Surviving client headers, flat `[name, value, ...]`, names as sent. */
@@ -158,17 +169,6 @@ export interface InboundHeaders {
  * Steps 1-3 over `raw` (Node's `req.rawHeaders`). `keepUpgrade` keeps the Upgrade header for the
  * WebSocket path; everything else about the connection is the proxy's to set.
  */
-// uri-host [":" port]: an IP literal, or a reg-name of unreserved and sub-delims characters and
-// %-escapes. No comma (a list of values), no "@" (userinfo), no space or control character.
-const HOST_AND_PORT =
-  /^(?:\[[0-9A-Fa-f:.]{2,45}\]|(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+)(?::([0-9]{1,5}))?$/;
-
-/** A Host value the app's server would accept: host[:port], the port at most 65535. */
-export function isHostAndPort(value: string): boolean {
-  const match = HOST_AND_PORT.exec(value);
-  return match !== null && (match[1] === undefined || Number(match[1]) <= 65_535);
-}
-
 export function readInboundHeaders(
   raw: readonly string[],
   plan: HeaderPlan,

@@ -145,6 +145,11 @@ describe("readInboundHeaders", () => {
       "xn--bcher-kva.example",
       "a%41b",
       "h:65535",
+      "h:0",
+      "h:08080",
+      "h:59999",
+      "h:65529",
+      "h:64999",
     ]) {
       expect(bad(good), good).toBe(false);
     }
@@ -153,6 +158,11 @@ describe("readInboundHeaders", () => {
       "user@orders.example",
       "a,b",
       "h:65536",
+      "h:65540",
+      "h:65600",
+      "h:66000",
+      "h:70000",
+      "h:100000",
       "h:",
       "h:8o",
       "",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -42,10 +42,22 @@ def describe(requirements: list[Requirement]) -> str:
     return "**Portcullis:** needs " + "; and ".join(parts) + "."
 
 
+def api_routes(routes: Iterable[Any]) -> Iterable[Any]:
+    """Each API route with its effective path and dependencies (router-level ones included).
+
+    FastAPI from 0.16x keeps included routers nested and offers `iter_route_contexts` to walk them with
+    their prefixes; earlier versions copy every route into `app.routes`.
+    """
+    iter_route_contexts = getattr(routing, "iter_route_contexts", None)
+    if iter_route_contexts is None:
+        return [route for route in routes if isinstance(route, APIRoute)]
+    return [context for context in iter_route_contexts(list(routes)) if isinstance(context.original_route, APIRoute)]
+
+
 def annotate(schema: dict[str, Any], routes: Iterable[Any]) -> None:
     paths = schema.get("paths", {})
-    for route in routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
+    for route in api_routes(routes):
+        if not route.include_in_schema:
             continue
         requirements = route_requirements(route.dependant)
         if not requirements:

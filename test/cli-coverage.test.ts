@@ -115,7 +115,7 @@ describe("portcullis init", () => {
     const starter = join(dir, "starter.yaml");
     const init = await portcullis("init", "--openapi", openapi, "--name", "orders-api", "--output", starter);
     expect(init.code).toBe(0);
-    expect(init.stderr).toBe(`wrote ${starter}: 9 rules for 8 paths\n`);
+    expect(init.stderr).toBe(`wrote ${starter}: 10 rules for 9 paths\n`);
     const written = parse(readFileSync(starter, "utf8")) as {
       spec: {
         mode: string;

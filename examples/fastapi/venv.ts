@@ -75,7 +75,9 @@ export async function venvInputs(): Promise<string[]> {
 export async function packageSources(): Promise<string[]> {
   const files = [join(sdkDir, "pyproject.toml"), join(sdkDir, "README.md")];
   const visit = async (dir: string): Promise<void> => {
-    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
+      a.name < b.name ? -1 : 1,
+    )) {
       if (entry.name === "__pycache__") continue;
       const path = join(dir, entry.name);
       if (entry.isDirectory()) await visit(path);

@@ -1,7 +1,9 @@
 """orders-api: the example FastAPI service that Portcullis protects.
 
 Every JSON answer carries an `identity` object echoing exactly what reached the app, so the
-proxy's tests can prove which headers got through and which never did.
+proxy's tests can prove which headers got through and which never did. `GET /me` is the app side
+of Portcullis as an app team writes it: portcullis-fastapi's Identity and role check, read from the
+identity headers, or from the signed assertion when PORTCULLIS_ASSERTION_AUDIENCE is set.
 """
 
 from __future__ import annotations
@@ -11,14 +13,19 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
+from portcullis_fastapi import Identity, IdentitySettings, require_any_role, setup
+
 app = FastAPI(title="orders-api", version="0.1.0")
+# Header names as policy.yaml sets them (its claims add X-Auth-Email); PORTCULLIS_* variables override
+# them, and PORTCULLIS_ASSERTION_AUDIENCE=orders-api makes /me accept only a verified assertion.
+setup(app, IdentitySettings.from_env(claim_headers={"email": "X-Auth-Email"}))
 
 # Headers a sidecar sets or passes through; echoed with every copy so duplicates are visible.
 FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "traceparent")
@@ -130,6 +137,12 @@ async def list_audit(request: Request) -> JSONResponse:
 
 
 app.include_router(audit)
+
+
+@app.get("/me")
+async def me(request: Request, caller: Identity = Depends(require_any_role("reader", "admin"))) -> JSONResponse:
+    """Who is calling, as the sidecar verified it."""
+    return answer(request, {"me": caller.as_dict()})
 
 
 def pattern_bytes(size: int) -> Iterator[bytes]:

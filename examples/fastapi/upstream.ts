@@ -16,6 +16,10 @@ export interface UpstreamOptions {
   extraArgs?: readonly string[];
   /** Extra environment for the uvicorn process. */
   env?: Readonly<Record<string, string>>;
+  /** Another app than the example: its interpreter (with uvicorn), directory, and `module:attribute`. */
+  app?: { python: string; dir: string; target: string };
+  /** The path that answers 2xx once the app is up. Default /healthz. */
+  readyPath?: string;
 }
 
 export interface Upstream {
@@ -41,7 +45,7 @@ process.on("exit", () => {
 });
 
 export async function startUpstream(options: UpstreamOptions = {}): Promise<Upstream> {
-  const python = await ensureVenv();
+  const python = options.app?.python ?? (await ensureVenv());
   const host = options.host ?? "127.0.0.1";
   for (let attempt = 1; ; attempt++) {
     const port = options.port ?? (await freePort(host));
@@ -64,9 +68,9 @@ async function launch(
 ): Promise<Upstream> {
   const args = [
     launcher,
-    "app:app",
+    options.app?.target ?? "app:app",
     "--app-dir",
-    appDir,
+    options.app?.dir ?? appDir,
     "--host",
     host,
     "--port",
@@ -104,7 +108,7 @@ async function launch(
   const url = `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
   try {
     await waitUntilHealthy(
-      url,
+      `${url}${options.readyPath ?? "/healthz"}`,
       child,
       () => spawnError,
       () => output,
@@ -149,7 +153,7 @@ async function waitUntilHealthy(
       throw new Error(`uvicorn exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${text}`);
     }
     try {
-      const response = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+      const response = await fetch(url, { signal: AbortSignal.timeout(1000) });
       await response.arrayBuffer();
       if (response.ok) return;
     } catch {
@@ -157,5 +161,5 @@ async function waitUntilHealthy(
     }
     await sleep(100);
   }
-  throw new Error(`uvicorn did not answer ${url}/healthz within ${readyTimeoutMs} ms:\n${output()}`);
+  throw new Error(`uvicorn did not answer ${url} within ${readyTimeoutMs} ms:\n${output()}`);
 }

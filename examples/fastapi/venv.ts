@@ -1,14 +1,19 @@
 // The Python environment the example app runs in: `.venv/` at the repository root, created on
-// first use and re-installed whenever requirements.txt changes. PORTCULLIS_PYTHON overrides it.
+// first use and re-installed whenever requirements.txt, the portcullis-fastapi package it installs from
+// sdk/python, or that package's test requirements change. PORTCULLIS_PYTHON overrides it.
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { join, relative, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
 export const requirementsFile = join(import.meta.dirname, "requirements.txt");
+/** The Python package apps use behind the sidecar (`portcullis-fastapi`), installed from source. */
+export const sdkDir = join(repoRoot, "sdk", "python");
+/** pytest, httpx2 and build for the package's own tests (test/fastapi-package.test.ts). */
+const sdkTestRequirements = join(sdkDir, "requirements-test.txt");
 
 const venvDir = join(repoRoot, ".venv");
 const venvPython = join(venvDir, "bin", "python");
@@ -19,7 +24,10 @@ const staleLockMs = 15 * 60_000;
 
 let pending: Promise<string> | undefined;
 
-/** Path of a python executable that has examples/fastapi/requirements.txt installed. */
+/**
+ * Path of a python executable that has examples/fastapi/requirements.txt (with portcullis-fastapi) and
+ * sdk/python/requirements-test.txt installed.
+ */
 export function ensureVenv(): Promise<string> {
   const override = process.env.PORTCULLIS_PYTHON;
   if (override) return Promise.resolve(override);
@@ -37,24 +45,57 @@ async function prepare(): Promise<string> {
     if (await isCurrent(wanted)) return venvPython;
     if (!existsSync(venvPython)) await run("python3", ["-m", "venv", "--clear", venvDir]);
     await rm(stampFile, { force: true });
-    await run(venvPython, [
-      "-m",
-      "pip",
-      "install",
-      "--quiet",
-      "--disable-pip-version-check",
-      "-r",
-      requirementsFile,
-    ]);
+    // cwd: pip resolves the requirements' `./sdk/python` against its working directory.
+    await run(
+      venvPython,
+      [
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "-r",
+        requirementsFile,
+        "-r",
+        sdkTestRequirements,
+      ],
+      repoRoot,
+    );
     await writeFile(stampFile, `${wanted}\n`);
     return venvPython;
   });
 }
 
+/** The files whose content decides what the venv holds: requirements and the package's sources. */
+export async function venvInputs(): Promise<string[]> {
+  return [requirementsFile, sdkTestRequirements, ...(await packageSources())];
+}
+
+/** What goes into the portcullis-fastapi wheel: pyproject.toml, README.md and src/ (no bytecode). */
+export async function packageSources(): Promise<string[]> {
+  const files = [join(sdkDir, "pyproject.toml"), join(sdkDir, "README.md")];
+  const visit = async (dir: string): Promise<void> => {
+    for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>
+      a.name < b.name ? -1 : 1,
+    )) {
+      if (entry.name === "__pycache__") continue;
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) await visit(path);
+      else files.push(path);
+    }
+  };
+  await visit(join(sdkDir, "src"));
+  return files;
+}
+
 async function requirementsHash(): Promise<string> {
-  return createHash("sha256")
-    .update(await readFile(requirementsFile))
-    .digest("hex");
+  const hash = createHash("sha256");
+  for (const file of await venvInputs()) {
+    hash.update(`${relative(repoRoot, file)}\0`);
+    hash.update(await readFile(file));
+    hash.update("\0");
+  }
+  return hash.digest("hex");
 }
 
 async function isCurrent(wanted: string): Promise<boolean> {
@@ -104,9 +145,9 @@ function isErrno(error: unknown, code: string): boolean {
   return error instanceof Error && "code" in error && error.code === code;
 }
 
-function run(command: string, args: readonly string[]): Promise<void> {
+function run(command: string, args: readonly string[], cwd?: string): Promise<void> {
   return new Promise((done, fail) => {
-    execFile(command, args, { maxBuffer: 16 * 1024 * 1024 }, (error, _stdout, stderr) => {
+    execFile(command, args, { maxBuffer: 16 * 1024 * 1024, cwd }, (error, _stdout, stderr) => {
       if (error) fail(new Error(`${command} ${args.join(" ")} failed: ${error.message}\n${stderr}`));
       else done();
     });

@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import { chmod, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
 import { promisify } from "node:util";
-import { ensureVenv } from "../../examples/fastapi/venv.ts";
+import { ensureVenv, venvInputs } from "../../examples/fastapi/venv.ts";
 import { cacheRoot } from "../setup/cache.ts";
 import { parseDockerfile, type Stage } from "./dockerfile.ts";
 import {
@@ -267,10 +267,8 @@ export async function buildFastapiImage(): Promise<ImageArchive> {
   ]);
   const info = JSON.parse(stdout) as { base: string; version: string; purelib: string; executable: string };
   const appDir = join(repoRoot, "examples", "fastapi");
-  const hash = await hashInputs(
-    [join(appDir, "app.py"), join(appDir, "requirements.txt")],
-    [info.base, info.version],
-  );
+  // The venv's inputs (requirements and portcullis-fastapi's sources): its site-packages is copied.
+  const hash = await hashInputs([join(appDir, "app.py"), ...(await venvInputs())], [info.base, info.version]);
   return cached(
     "fastapi",
     hash,

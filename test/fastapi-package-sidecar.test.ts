@@ -1,0 +1,167 @@
+// The example app's GET /me, written with portcullis-fastapi, behind the real sidecar (proxy/main.ts
+// as its own process) with the real IdP: through the sidecar it answers 200 with the caller's identity;
+// a request that bypasses the sidecar (straight to uvicorn, forged identity headers) gets 401 once the
+// policy asks for the signed assertion and the app verifies it against the sidecar's /jwks.json.
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { decodeJwt } from "jose";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startUpstream, type Upstream } from "../examples/fastapi/upstream.ts";
+import { freePort } from "../examples/free-port.ts";
+import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
+import { documentText, exampleDocument } from "./support/example-policy.ts";
+import { type ProxyProcess, startProxyProcess } from "./support/proxy-process.ts";
+
+let idp: IdentityProvider;
+let dir = "";
+const tokens: Record<string, string> = {};
+const stops: (() => Promise<unknown>)[] = [];
+
+interface Me {
+  subject: string;
+  roles: string[];
+  scopes: string[];
+  client_id: string | null;
+  issuer: string | null;
+  claims: Record<string, unknown>;
+  source: string;
+}
+
+/** The sidecar in front of the example app; the app learns the sidecar's admin port for its JWKS. */
+async function sidecarAndApp(assertion: boolean): Promise<{ proxy: ProxyProcess; app: Upstream }> {
+  const document = exampleDocument(idp.issuer);
+  if (assertion) document.spec.identityHeaders.assertion = { header: "X-Auth-Assertion", ttlSeconds: 60 };
+  const policy = join(dir, `policy-${assertion ? "assertion" : "headers"}.yaml`);
+  await writeFile(policy, documentText(document));
+  const appPort = await freePort("127.0.0.1");
+  const proxy = await startProxyProcess(["--policy", policy, "--upstream", `http://127.0.0.1:${appPort}`]);
+  stops.push(() => proxy.stop());
+  const env: Record<string, string> = assertion
+    ? { PORTCULLIS_ASSERTION_AUDIENCE: "orders-api", PORTCULLIS_JWKS_URL: `${proxy.adminUrl}/jwks.json` }
+    : {};
+  const app = await startUpstream({ port: appPort, env });
+  stops.push(() => app.stop());
+  await waitUntilReady(proxy);
+  return { proxy, app };
+}
+
+async function waitUntilReady(proxy: ProxyProcess): Promise<void> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const response = await fetch(`${proxy.adminUrl}/readyz`).catch(() => undefined);
+    if (response?.status === 200) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error("the sidecar did not become ready");
+}
+
+async function me(
+  url: string,
+  headers: Record<string, string>,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(`${url}/me`, { headers });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+}
+
+const FORGED = { "X-Auth-Subject": "root", "X-Auth-Roles": "admin,reader", "X-Auth-Scopes": "orders.admin" };
+
+beforeAll(async () => {
+  idp = await startIdentityProvider();
+  for (const client of ["reader", "writer"]) tokens[client] = await idp.token(client);
+  dir = await mkdtemp(join(tmpdir(), "portcullis-fastapi-sidecar-"));
+}, 60_000);
+
+afterAll(async () => {
+  for (const stop of stops.reverse()) await stop();
+  await idp?.stop();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("the example app with portcullis-fastapi, identity headers only", () => {
+  let proxy: ProxyProcess;
+  let app: Upstream;
+
+  beforeAll(async () => {
+    ({ proxy, app } = await sidecarAndApp(false));
+  }, 60_000);
+
+  it("answers 200 with the identity the sidecar verified", async () => {
+    const { status, body } = await me(proxy.url, { authorization: `Bearer ${tokens.reader}` });
+    expect(status).toBe(200);
+    expect(body.me).toEqual({
+      subject: String(decodeJwt(tokens.reader!).sub),
+      roles: ["reader"],
+      scopes: ["orders.read"],
+      client_id: "reader",
+      issuer: idp.issuer,
+      // policy.yaml's claims: { email: X-Auth-Email }, which the app's settings read.
+      claims: { email: decodeJwt(tokens.reader!).email },
+      source: "headers",
+    } satisfies Me);
+  });
+
+  it("cannot tell a request that bypassed the sidecar: the reason to ask for the assertion", async () => {
+    // The sidecar strips forged headers ...
+    const through = await me(proxy.url, { authorization: `Bearer ${tokens.writer}`, ...FORGED });
+    expect((through.body.me as Me).roles).toEqual(["reader", "writer"]);
+    // ... but straight to the app port, plain headers are all there is.
+    const bypass = await me(app.url, FORGED);
+    expect(bypass.status).toBe(200);
+    expect((bypass.body.me as Me).subject).toBe("root");
+  });
+});
+
+describe("the example app with portcullis-fastapi, the policy's signed assertion required", () => {
+  let proxy: ProxyProcess;
+  let app: Upstream;
+
+  beforeAll(async () => {
+    ({ proxy, app } = await sidecarAndApp(true));
+  }, 60_000);
+
+  it("answers 200 through the sidecar with the identity from the verified assertion", async () => {
+    const { status, body } = await me(proxy.url, { authorization: `Bearer ${tokens.writer}`, ...FORGED });
+    expect(status).toBe(200);
+    const identity = body.me as Me;
+    expect(identity).toMatchObject({
+      subject: decodeJwt(tokens.writer!).sub,
+      roles: ["reader", "writer"],
+      scopes: String(decodeJwt(tokens.writer!).scope).split(" ").sort(),
+      client_id: "writer",
+      issuer: idp.issuer,
+      source: "assertion",
+    });
+    expect(identity.claims).toMatchObject({ iss: "portcullis", aud: "orders-api" });
+  });
+
+  it("gives 401 to a request straight to uvicorn with forged identity headers", async () => {
+    const response = await fetch(`${app.url}/me`, { headers: FORGED });
+    expect(response.status).toBe(401);
+    expect(response.headers.get("content-type")).toBe("application/problem+json");
+    expect(await response.json()).toMatchObject({
+      type: "https://portcullis.dev/problems/no-assertion",
+      status: 401,
+    });
+  });
+
+  it("gives 401 to a bypass with a forged assertion, signed by a key the sidecar never had", async () => {
+    const forged = await foreignAssertion();
+    const { status, body } = await me(app.url, { ...FORGED, "X-Auth-Assertion": forged });
+    expect(status).toBe(401);
+    expect(body.type).toBe("https://portcullis.dev/problems/invalid-assertion");
+  });
+});
+
+/** An assertion shaped exactly like the sidecar's, signed with a fresh Ed25519 key. */
+async function foreignAssertion(): Promise<string> {
+  const { generateKeyPair, SignJWT } = await import("jose");
+  const { privateKey } = await generateKeyPair("EdDSA");
+  return new SignJWT({ roles: ["admin"], scope: "orders.admin", client_id: "admin", idp: idp.issuer })
+    .setProtectedHeader({ alg: "EdDSA", typ: "portcullis-assertion+jwt", kid: "not-the-sidecars" })
+    .setIssuer("portcullis")
+    .setAudience("orders-api")
+    .setSubject("root")
+    .setIssuedAt()
+    .setExpirationTime("60s")
+    .sign(privateKey);
+}

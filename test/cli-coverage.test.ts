@@ -116,7 +116,7 @@ describe("portcullis init", () => {
     const starter = join(dir, "starter.yaml");
     const init = await portcullis("init", "--openapi", openapi, "--name", "orders-api", "--output", starter);
     expect(init.code).toBe(0);
-    expect(init.stderr).toBe(`wrote ${starter}: 10 rules for 9 paths\n`);
+    expect(init.stderr).toBe(`wrote ${starter}: 11 rules for 10 paths\n`);
     const written = parse(readFileSync(starter, "utf8")) as {
       spec: {
         mode: string;

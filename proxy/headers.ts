@@ -354,8 +354,14 @@ export type IdentityHeaderValues =
   | { ok: false; header: string; problem: "control-character" };
 
 const identityCache = new WeakMap<Identity, { plan: HeaderPlan; values: IdentityHeaderValues }>();
-// C0 controls (CR, LF, NUL, ...) and DEL: in a header they split or end it, or are dropped on the way.
-const CONTROL_CHARACTER = /[\x00-\x1f\x7f]/;
+/** C0 controls (CR, LF, NUL, ...) and DEL: in a header they split or end it, or are dropped on the way. */
+function hasControlCharacter(value: string): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const code = value.charCodeAt(i);
+    if (code < 0x20 || code === 0x7f) return true;
+  }
+  return false;
+}
 const VISIBLE_ASCII = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
 /**
@@ -374,8 +380,7 @@ export function identityHeaders(plan: HeaderPlan, identity: Identity): IdentityH
   const add = (name: string, value: string | undefined) => {
     if (value === undefined || value === "" || refused) return;
     if (VISIBLE_ASCII.test(value)) headers.push(name, value);
-    else if (CONTROL_CHARACTER.test(value))
-      refused = { ok: false, header: name, problem: "control-character" };
+    else if (hasControlCharacter(value)) refused = { ok: false, header: name, problem: "control-character" };
     else headers.push(name, encodeURIComponent(value), `${name}${ENCODING_SUFFIX_WIRE}`, "percent");
   };
   add(names.subject, identity.subject);

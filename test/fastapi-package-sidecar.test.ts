@@ -9,7 +9,7 @@ import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startUpstream, type Upstream } from "../examples/fastapi/upstream.ts";
 import { freePort } from "../examples/free-port.ts";
-import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
+import { DEFAULT_CLIENTS, type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
 import { documentText, exampleDocument } from "./support/example-policy.ts";
 import { type ProxyProcess, startProxyProcess } from "./support/proxy-process.ts";
 
@@ -63,11 +63,19 @@ async function me(
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 }
 
+/** A client whose email is beyond ASCII: the sidecar sends it percent-encoded with a sibling header. */
+const JOSE = {
+  clientId: "jose",
+  clientSecret: "jose-secret",
+  scope: "orders.read",
+  claims: { email: "Jos\u00e9.M\u00fcller@b\u00fccher.example" },
+};
+
 const FORGED = { "X-Auth-Subject": "root", "X-Auth-Roles": "admin,reader", "X-Auth-Scopes": "orders.admin" };
 
 beforeAll(async () => {
-  idp = await startIdentityProvider();
-  for (const client of ["reader", "writer"]) tokens[client] = await idp.token(client);
+  idp = await startIdentityProvider({ clients: [...DEFAULT_CLIENTS, JOSE] });
+  for (const client of ["reader", "writer", "jose"]) tokens[client] = await idp.token(client);
   dir = await mkdtemp(join(tmpdir(), "portcullis-fastapi-sidecar-"));
 }, 60_000);
 
@@ -98,6 +106,16 @@ describe("the example app with portcullis-fastapi, identity headers only", () =>
       claims: { email: decodeJwt(tokens.reader!).email },
       source: "headers",
     } satisfies Me);
+  });
+
+  it("decodes a UTF-8 claim the sidecar percent-encoded", async () => {
+    const { status, body } = await me(proxy.url, { authorization: `Bearer ${tokens.jose}` });
+    expect(status).toBe(200);
+    expect((body.me as Me).claims).toEqual({ email: JOSE.claims.email });
+    // What went over the wire: the encoded value and its sibling.
+    const seen = (body.identity as { x_auth: Record<string, string[]> }).x_auth;
+    expect(seen["x-auth-email-encoding"]).toEqual(["percent"]);
+    expect(seen["x-auth-email"]).toEqual([encodeURIComponent(JOSE.claims.email)]);
   });
 
   it("cannot tell a request that bypassed the sidecar: the reason to ask for the assertion", async () => {

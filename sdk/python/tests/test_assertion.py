@@ -198,3 +198,51 @@ def test_a_key_set_without_a_usable_key_is_unavailable(key_server: KeyServer, ke
     key_server.keys = keys
     with pytest.raises(Exception, match=message):
         SidecarKeys(key_server.url).lookup("k")
+
+
+def test_a_repeated_assertion_is_verified_once_until_its_exp(
+    signer: Signer, key_server: KeyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portcullis_fastapi import dependencies
+
+    calls: list[str] = []
+    real = dependencies.verify_assertion
+
+    def counting(token, key, settings):  # noqa: ANN001, ANN202
+        calls.append(token)
+        return real(token, key, settings)
+
+    monkeypatch.setattr(dependencies, "verify_assertion", counting)
+    client = assertion_app(key_server)
+    token = signer.assertion()
+    for _ in range(3):
+        assert client.get("/me", headers={"X-Auth-Assertion": token}).json()["subject"] == "alice"
+    assert calls == [token]
+    other = signer.assertion(sub="bob")
+    assert client.get("/me", headers={"X-Auth-Assertion": other}).json()["subject"] == "bob"
+    assert calls == [token, other]
+    # A refused assertion is never remembered: it is checked (and refused) every time.
+    expired = signer.assertion(exp=1_000_000, iat=999_000)
+    for _ in range(2):
+        refused(client.get("/me", headers={"X-Auth-Assertion": expired}))
+    assert calls == [token, other, expired, expired]
+
+
+def test_verified_assertions_expire_and_stay_bounded(signer: Signer) -> None:
+    from portcullis_fastapi.assertion import VerifiedAssertions
+    from portcullis_fastapi.identity import Identity
+
+    clock = Clock()
+    cache = VerifiedAssertions(max_entries=2, clock=clock)
+    identity = Identity(subject="alice", claims={"exp": 100}, source="assertion")
+    cache.put("a", identity)
+    clock.now = 99.0
+    assert cache.get("a") is identity
+    clock.now = 100.0
+    assert cache.get("a") is None
+    clock.now = 50.0
+    for token in ("b", "c", "d"):
+        cache.put(token, identity)
+    assert [cache.get(t) is not None for t in ("b", "c", "d")] == [False, True, True]
+    cache.put("no-exp", Identity(subject="x", claims={}))
+    assert cache.get("no-exp") is None

@@ -107,3 +107,44 @@ def test_a_dependency_without_setup_is_a_clear_error() -> None:
 
     with pytest.raises(RuntimeError, match=r"setup\(app\) was not called"):
         TestClient(app).get("/me", headers=SIDECAR_HEADERS)
+
+
+def test_percent_encoded_values_are_decoded_when_the_sidecar_flags_them() -> None:
+    # What the sidecar sends for a UTF-8 subject, role and email (encodeURIComponent + a sibling).
+    headers = {
+        "X-Auth-Subject": "Zo%C3%AB",
+        "x-auth-subject-encoding": "percent",
+        "X-Auth-Roles": "r%C3%B4le%2Creader",
+        "X-Auth-Roles-Encoding": "percent",
+        "X-Auth-Email": "Jos%C3%A9.M%C3%BCller%40b%C3%BCcher.example",
+        "X-Auth-Email-Encoding": "percent",
+    }
+    client = client_for(identity_app(IdentitySettings(claim_headers={"email": "X-Auth-Email"})))
+    body = client.get("/me", headers=headers).json()
+    assert body["subject"] == "Zo\u00eb"
+    assert body["roles"] == ["reader", "r\u00f4le"]
+    assert body["claims"] == {"email": "Jos\u00e9.M\u00fcller@b\u00fccher.example"}
+
+
+def test_without_the_sibling_a_value_is_taken_as_it_is() -> None:
+    body = client_for(identity_app()).get("/me", headers={"X-Auth-Subject": "a%41"}).json()
+    assert body["subject"] == "a%41"
+
+
+@pytest.mark.parametrize(
+    ("headers", "slug"),
+    [
+        ({"X-Auth-Subject": "alice", "X-Auth-Subject-Encoding": "none"}, "malformed-identity"),
+        ({"X-Auth-Subject": "alice", "X-Auth-Roles-Encoding": "percent"}, "malformed-identity"),
+        ({"X-Auth-Subject": "%FF%FE", "X-Auth-Subject-Encoding": "percent"}, "malformed-identity"),
+        ({"X-Auth-Subject": "alice%0D%0AX-Auth-Roles: admin", "X-Auth-Subject-Encoding": "percent"}, "malformed-identity"),
+        (
+            [("X-Auth-Subject", "alice"), ("X-Auth-Subject-Encoding", "percent"), ("X-Auth-Subject-Encoding", "percent")],
+            "ambiguous-identity",
+        ),
+    ],
+)
+def test_an_encoding_the_sidecar_never_sends_is_refused(headers, slug: str) -> None:  # noqa: ANN001
+    response = client_for(identity_app()).get("/me", headers=headers)
+    assert response.status_code == 401
+    assert problem(response)["type"] == f"https://portcullis.dev/problems/{slug}"

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -79,6 +81,36 @@ def verify_assertion(token: str, key: jwt.PyJWK, settings: AssertionSettings) ->
         claims=claims,
         source="assertion",
     )
+
+
+class VerifiedAssertions:
+    """Identities of assertions already verified, by value, until their `exp`.
+
+    The sidecar hands a repeated token the same assertion until half its lifetime has passed, so most
+    requests carry one seen before: a dict lookup instead of an Ed25519 check. Bounded; oldest out first.
+    """
+
+    def __init__(self, max_entries: int = 1024, clock: Callable[[], float] = time.time) -> None:
+        self._entries: dict[str, tuple[Identity, float]] = {}
+        self._max = max_entries
+        self._clock = clock
+
+    def get(self, token: str) -> Identity | None:
+        hit = self._entries.get(token)
+        if hit is None:
+            return None
+        if self._clock() >= hit[1]:
+            self._entries.pop(token, None)
+            return None
+        return hit[0]
+
+    def put(self, token: str, identity: Identity) -> None:
+        expires = identity.claims.get("exp")
+        if not isinstance(expires, int):
+            return
+        while len(self._entries) >= self._max:
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[token] = (identity, float(expires))
 
 
 def _invalid(reason: str) -> problems.IdentityProblem:

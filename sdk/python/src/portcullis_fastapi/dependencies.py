@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from . import problems
-from .assertion import assertion_key_id, verify_assertion
+from .assertion import VerifiedAssertions, assertion_key_id, verify_assertion
 from .development import DEV_IDENTITY_ENV
 from .headers import identity_from_headers
 from .identity import Identity
@@ -35,6 +35,7 @@ class PortcullisState:
     settings: IdentitySettings
     keys: SidecarKeys | None
     dev_identity: Identity | None
+    verified: VerifiedAssertions = field(default_factory=VerifiedAssertions)
 
 
 def _state(request: Request) -> PortcullisState:
@@ -68,6 +69,9 @@ async def current_identity(
     if len(copies) > 1:
         raise problems.ambiguous_identity()
     token = copies[0]
+    seen = state.verified.get(token)
+    if seen is not None:
+        return seen
     kid = assertion_key_id(token)
     key = state.keys.cached(kid)
     if key is None:
@@ -78,4 +82,6 @@ async def current_identity(
         if key is None:
             logger.info("portcullis: identity assertion refused: unknown key id")
             raise problems.invalid_assertion()
-    return verify_assertion(token, key, assertion)
+    identity = verify_assertion(token, key, assertion)
+    state.verified.put(token, identity)
+    return identity

@@ -2,9 +2,14 @@
 
 The sidecar removes every client-sent copy of these headers, in every spelling, and sets each once;
 two copies mean the request did not come from the sidecar alone, so it is refused, never guessed at.
+A value beyond visible ASCII (a UTF-8 name or email) comes percent-encoded (UTF-8) with a sibling
+`<name>-Encoding: percent` (proxy/headers.ts), and is decoded here.
 """
 
 from __future__ import annotations
+
+import re
+from urllib.parse import unquote
 
 from starlette.datastructures import Headers
 
@@ -13,11 +18,28 @@ from .identity import Identity
 from .settings import IdentitySettings
 
 
+ENCODING_SUFFIX = "-Encoding"
+# The sidecar refuses a token whose claims carry these rather than send them.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _single(headers: Headers, name: str) -> str | None:
     values = headers.getlist(name)
-    if len(values) > 1:
+    encodings = headers.getlist(name + ENCODING_SUFFIX)
+    if len(values) > 1 or len(encodings) > 1:
         raise problems.ambiguous_identity()
-    return values[0] if values else None
+    value = values[0] if values else None
+    if not encodings:
+        return value
+    if value is None or encodings[0] != "percent":
+        raise problems.malformed_identity()
+    try:
+        decoded = unquote(value, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise problems.malformed_identity() from None
+    if _CONTROL_CHARACTER.search(decoded):
+        raise problems.malformed_identity()
+    return decoded
 
 
 def identity_from_headers(headers: Headers, settings: IdentitySettings) -> Identity:

@@ -34,6 +34,12 @@ def ambiguous_identity() -> IdentityProblem:
     )
 
 
+def malformed_identity() -> IdentityProblem:
+    return IdentityProblem(
+        401, "malformed-identity", "Unauthorized", "The request's identity headers are malformed.", "Bearer"
+    )
+
+
 def no_assertion() -> IdentityProblem:
     return IdentityProblem(
         401,

@@ -1,8 +1,10 @@
 // Bearer JWT -> verified identity, per policy. The steps, cheapest first: length cap, verified-token
-// cache, untrusted decode to pick the issuer by exact `iss` (an unknown issuer costs no network call),
-// header checks, early refusal of an expired or foreign-audience token, jose's jwtVerify against that
-// issuer's key set, NumericDate checks, identity.
+// cache, refused-token cache (by SHA-256), one verification in flight per token, untrusted decode to
+// pick the issuer by exact `iss` (an unknown issuer costs no network call), header checks, early
+// refusal of an expired or foreign-audience token, jose's jwtVerify against that issuer's key set,
+// NumericDate checks, identity.
 
+import { hash } from "node:crypto";
 import {
   decodeJwt,
   decodeProtectedHeader,
@@ -16,7 +18,6 @@ import { type Identity, identityFromClaims } from "../../policy/identity.ts";
 import { MAX_TOKEN_LENGTH } from "./credential.ts";
 import { type FetchObserver, type KeySetRegistry, KeysUnavailable, type RemoteKeySet } from "./key-set.ts";
 import { checkNumericDates } from "./numeric-date.ts";
-import { RefusedTokens, TOKEN_DECIDED } from "./refused-tokens.ts";
 
 export type { Identity };
 
@@ -72,10 +73,44 @@ export interface BearerVerifierOptions {
   cacheSize?: number;
   /** Upper bound of the cache's token characters (an estimate of its memory). Default 16 Mi. */
   cacheChars?: number;
+  /** Refused tokens remembered (by SHA-256, ~150 bytes each). Default 4,096; 0 turns it off. */
+  refusedCacheSize?: number;
+  /** How long a refused token is answered from memory, in ms. Default 30 s. */
+  refusedTtlMs?: number;
 }
 
 export const DEFAULT_CACHE_SIZE = 10_000;
 export const DEFAULT_CACHE_CHARS = 16 * 1024 * 1024;
+export const DEFAULT_REFUSED_CACHE_SIZE = 4096;
+export const DEFAULT_REFUSED_TTL_MS = 30_000;
+
+// Refusals remembered for the token alone: they depend only on the token, the policy (a reload builds
+// a new verifier) and time, which only moves on (an expired or too old token stays so).
+const REFUSED_FOR_THE_TOKEN: ReadonlySet<VerificationFailure> = new Set<VerificationFailure>([
+  "malformed",
+  "unknown_issuer",
+  "forbidden_header",
+  "unsupported_crit",
+  "alg_not_allowed",
+  "bad_typ",
+  "bad_audience",
+  "expired",
+  "missing_exp",
+  "bad_numeric_date",
+  "missing_sub",
+  "missing_iat",
+  "too_old",
+]);
+// Refusals that depend on the issuer's published keys: remembered only while that key set is unchanged,
+// so a rotation (a kid now naming another key) is honoured at once. Never remembered: unknown_kid (the
+// next request must still be able to trigger the key refetch that finds a rotated-in key),
+// keys_unavailable (the IdP or the network, not the token), not_yet_valid and issued_in_future (they
+// become valid), internal.
+const REFUSED_FOR_THE_KEYS: ReadonlySet<VerificationFailure> = new Set<VerificationFailure>([
+  "bad_signature",
+  "bad_key",
+  "ambiguous_key",
+]);
 
 // Accepted `typ` values (RFC 9068 access tokens, plain JWT), compared as jose does: lower case,
 // `application/` implied.
@@ -145,10 +180,34 @@ export function createBearerVerifier(
     options.cacheSize ?? DEFAULT_CACHE_SIZE,
     options.cacheChars ?? DEFAULT_CACHE_CHARS,
   );
+  const refused = new RefusedTokenCache(
+    options.refusedCacheSize ?? DEFAULT_REFUSED_CACHE_SIZE,
+    options.refusedTtlMs ?? DEFAULT_REFUSED_TTL_MS,
+  );
+  // One verification per distinct token at a time: a burst of one token (forged or not) costs one.
+  const inFlight = new Map<string, Promise<Verification>>();
   let closed = false;
-  const refused = new RefusedTokens<Verification>();
 
-  async function verifyUncached(token: string, nowSeconds: number): Promise<Verification> {
+  /** Verifies, and remembers a refusal that will not change by itself (see REFUSED_FOR_*). */
+  async function verifyAndRemember(token: string, digest: string): Promise<Verification> {
+    const nowMs = now();
+    const seen: { issuer?: IssuerVerification } = {};
+    const verification = await verifyUncached(token, Math.floor(nowMs / 1000), seen);
+    if (verification.ok || closed) return verification;
+    const { reason } = verification;
+    if (REFUSED_FOR_THE_TOKEN.has(reason)) refused.set(digest, verification, nowMs, undefined);
+    else if (REFUSED_FOR_THE_KEYS.has(reason) && seen.issuer !== undefined) {
+      refused.set(digest, verification, nowMs, seen.issuer.keySet);
+    }
+    return verification;
+  }
+
+  /** `seen.issuer` is set once the token's issuer is known (its key set decides REFUSED_FOR_THE_KEYS). */
+  async function verifyUncached(
+    token: string,
+    nowSeconds: number,
+    seen: { issuer?: IssuerVerification },
+  ): Promise<Verification> {
     let header: ReturnType<typeof decodeProtectedHeader>;
     let claims: JWTPayload;
     try {
@@ -159,6 +218,7 @@ export function createBearerVerifier(
     }
     const issuer = typeof claims.iss === "string" ? issuers.get(claims.iss) : undefined;
     if (!issuer) return fail("unknown_issuer");
+    seen.issuer = issuer;
     for (const name of KEY_HEADERS) if (Object.hasOwn(header, name)) return fail("forbidden_header");
     // We understand no critical extension; jose would refuse unknown ones too.
     if (Object.hasOwn(header, "crit")) return fail("unsupported_crit");
@@ -234,16 +294,20 @@ export function createBearerVerifier(
       if (token.length > MAX_TOKEN_LENGTH) return fail("token_too_long");
       const cached = verifyCached(token);
       if (cached !== undefined) return cached;
-      const nowMs = now();
-      const refusedBefore = refused.get(token, nowMs);
-      if (refusedBefore !== undefined) return refusedBefore;
-      try {
-        const result = await verifyUncached(token, Math.floor(nowMs / 1000));
-        if (!result.ok && TOKEN_DECIDED.has(result.reason) && !closed) refused.add(token, result, nowMs);
-        return result;
-      } catch {
+      const digest = hash("sha256", token, "base64url");
+      const known = refused.get(digest, now());
+      if (known !== undefined) return known;
+      const pending = inFlight.get(digest);
+      if (pending !== undefined) return pending;
+      const verification = verifyAndRemember(token, digest).catch(
         // Nothing above should throw; if it does, the request is refused, not crashed.
-        return fail("internal");
+        () => fail("internal"),
+      );
+      inFlight.set(digest, verification);
+      try {
+        return await verification;
+      } finally {
+        inFlight.delete(digest);
       }
     },
     async ready() {
@@ -399,5 +463,65 @@ class VerifiedTokenCache {
   clear(): void {
     this.#entries.clear();
     this.#chars = 0;
+  }
+}
+
+interface RefusedToken {
+  verification: Verification & { ok: false };
+  /** Epoch ms after which the refusal is forgotten. */
+  until: number;
+  /** For refusals that depend on published keys: the set and its generation at the time. */
+  keySet: RemoteKeySet | undefined;
+  generation: number;
+}
+
+/**
+ * Refused tokens by SHA-256 digest (never the token itself), for a short TTL, oldest evicted first: a
+ * client replaying one bad token costs a hash, not a parse and a signature check. A forger who varies
+ * the token gets past it, which is what the per-peer failed-authentication limit is for.
+ */
+class RefusedTokenCache {
+  readonly #entries = new Map<string, RefusedToken>();
+  readonly #maxEntries: number;
+  readonly #ttlMs: number;
+
+  constructor(maxEntries: number, ttlMs: number) {
+    this.#maxEntries = Math.max(0, maxEntries);
+    this.#ttlMs = Math.max(0, ttlMs);
+  }
+
+  get(digest: string, nowMs: number): Verification | undefined {
+    const entry = this.#entries.get(digest);
+    if (entry === undefined) return undefined;
+    const stale = entry.keySet !== undefined && entry.keySet.generation() !== entry.generation;
+    if (nowMs >= entry.until || stale) {
+      this.#entries.delete(digest);
+      return undefined;
+    }
+    return entry.verification;
+  }
+
+  set(
+    digest: string,
+    verification: Verification & { ok: false },
+    nowMs: number,
+    keySet: RemoteKeySet | undefined,
+  ): void {
+    if (this.#maxEntries === 0 || this.#ttlMs === 0) return;
+    this.#entries.delete(digest);
+    if (this.#entries.size >= this.#maxEntries) {
+      const oldest = this.#entries.keys().next();
+      if (!oldest.done) this.#entries.delete(oldest.value);
+    }
+    this.#entries.set(digest, {
+      verification,
+      until: nowMs + this.#ttlMs,
+      keySet,
+      generation: keySet?.generation() ?? 0,
+    });
+  }
+
+  clear(): void {
+    this.#entries.clear();
   }
 }

@@ -17,7 +17,12 @@ export interface CompiledRule {
   paths: readonly string[];
   methods?: readonly string[];
   action: RuleAction;
+  /** Every limit counting this rule's requests, in policy order. */
   rateLimits: readonly RateLimit[];
+  /** The `key: ip` ones: counted before the token is verified (a peer's every request, refused or not). */
+  peerRateLimits: readonly RateLimit[];
+  /** The others: counted once the request is authorised (they key on the identity or a header). */
+  admittedRateLimits: readonly RateLimit[];
   /** Set only when the rule names its own mode; otherwise the policy's applies. */
   mode?: Mode;
 }
@@ -43,10 +48,10 @@ export interface CompiledPolicy {
   mode: Mode;
   /** Some rule or the policy is in DryRun: refusals may be forwarded (the proxy checks only then). */
   dryRun: boolean;
-  /** spec.authentication.verificationsPerPeer as a limit keyed by the client address (local buckets). */
-  verificationLimit: RateLimit | undefined;
   /** By exact `iss`. */
   issuers: ReadonlyMap<string, Issuer>;
+  /** spec.authentication.failedAuthenticationLimit with its burst defaulted; undefined when off. */
+  failedAuthenticationLimit: { perSecond: number; burst: number } | undefined;
   rolesFor: RoleMapper;
   identityHeaders: IdentityHeaderNames;
   /**
@@ -87,10 +92,13 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     ...(rule.methods ? { methods: rule.methods } : {}),
     action: ruleAction(rule),
     rateLimits: limitsByRule.get(rule.name) ?? [],
+    peerRateLimits: (limitsByRule.get(rule.name) ?? []).filter((limit) => limit.key === "ip"),
+    admittedRateLimits: (limitsByRule.get(rule.name) ?? []).filter((limit) => limit.key !== "ip"),
     ...(rule.mode ? { mode: rule.mode } : {}),
   }));
   const matcher = compileRules(rules);
   const h = spec.identityHeaders;
+  const failedLimit = spec.authentication.failedAuthenticationLimit;
   const identityHeaders: IdentityHeaderNames = {
     subject: h.subject,
     roles: h.roles,
@@ -127,29 +135,16 @@ export function compilePolicy(document: AccessPolicyDocument): CompiledPolicy {
     defaultAction: spec.authorization.defaultAction,
     mode: spec.mode,
     dryRun: spec.mode === "DryRun" || rules.some((rule) => rule.mode === "DryRun"),
-    verificationLimit: verificationLimit(spec),
     issuers: new Map(spec.authentication.issuers.map((i) => [i.issuer, i])),
+    failedAuthenticationLimit: failedLimit && {
+      perSecond: failedLimit.perSecond,
+      burst: failedLimit.burst ?? failedLimit.perSecond,
+    },
     rolesFor: compileRoleMappings(spec.authorization.roleMappings),
     identityHeaders,
     strippedHeaders: new Set(stripped),
     requestIdHeaders: spec.listener.requestIdHeaders.map((n) => n.toLowerCase()),
     upstreamTimeoutMs: spec.upstream.timeoutSeconds * 1000,
-  };
-}
-
-/** The name it goes by in 429 answers, logs and metrics. */
-export const VERIFICATION_LIMIT_NAME = "verifications-per-peer";
-
-function verificationLimit(spec: AccessPolicySpec): RateLimit | undefined {
-  const limit = spec.authentication.verificationsPerPeer;
-  if (limit === undefined) return undefined;
-  return {
-    name: VERIFICATION_LIMIT_NAME,
-    rules: [],
-    key: "ip",
-    requestsPerSecond: limit.requestsPerSecond,
-    burst: limit.burst,
-    store: "local",
   };
 }
 

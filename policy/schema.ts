@@ -259,6 +259,29 @@ export const Issuer = Type.Object(
   { additionalProperties: false, description: "An OAuth2/OIDC token issuer whose bearer JWTs are accepted." },
 );
 
+export const FailedAuthenticationLimit = Type.Object(
+  {
+    perSecond: Type.Integer({
+      minimum: 1,
+      maximum: 1_000_000,
+      description: "Sustained failed authentications a peer address may cause per second.",
+    }),
+    burst: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 1_000_000,
+        description:
+          "Failed authentications a peer may cause in a row before its bucket runs dry. Default: perSecond.",
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      "A token bucket per peer address (the socket's, never X-Forwarded-For) counted BEFORE a token is verified, on every path that needs one: each verification holds a token and gives it back when the token checks out, so only failures (forged, expired, garbage tokens; bad Authorization headers) drain the bucket. A peer whose bucket is empty gets 429 with Retry-After before any parse or signature check; tokens this sidecar verified before still pass. Per sidecar. Off by default.",
+  },
+);
+
 export const Authentication = Type.Object(
   {
     issuers: Type.Array(Issuer, {
@@ -272,19 +295,7 @@ export const Authentication = Type.Object(
         },
       ],
     }),
-    verificationsPerPeer: Type.Optional(
-      Type.Object(
-        {
-          requestsPerSecond: Type.Integer({ minimum: 1, maximum: 100_000, description: "Sustained rate." }),
-          burst: Type.Integer({ minimum: 1, maximum: 100_000, description: "Bucket size." }),
-        },
-        {
-          additionalProperties: false,
-          description:
-            "A limit per client address on token verifications, counted before the signature check: a token served from the cache of verified tokens never counts, so a flood of forged, expired or garbage tokens from one peer gets 429 without costing a signature check each. Per sidecar. Off when absent.",
-        },
-      ),
-    ),
+    failedAuthenticationLimit: Type.Optional(FailedAuthenticationLimit),
   },
   { additionalProperties: false, description: "How bearer tokens are validated." },
 );
@@ -467,7 +478,8 @@ export const RateLimit = Type.Object(
     key: Type.String({
       pattern: "^(subject|clientId|ip|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$",
       maxLength: LIMITS.header + 7,
-      description: "What a bucket is kept per: subject | clientId | ip | header:<Name>.",
+      description:
+        "What a bucket is kept per: subject | clientId (both per issuer: two IdPs' identical values never share a bucket) | ip (the socket's peer address; counted BEFORE the token is verified, so refused requests count too) | header:<Name> (as the client sent it). Limits other than ip count requests once authorised.",
     }),
     requestsPerSecond: Type.Integer({
       minimum: 1,

@@ -1,7 +1,8 @@
 // The request path as a short pipeline of named steps:
 //   readInboundHeaders -> requestIdFor / traceparentFor -> parseTarget -> matchRule
-//   -> [public: forward | deny rule: 403] -> readBearer -> verifyBearer -> authorizeRoles
-//   -> checkRateLimit -> forward (identity headers + signed assertion)
+//   -> [public: forward | deny rule: 403] -> checkRateLimit (`key: ip`) -> readBearer
+//   -> failed-authentication bucket -> verifyBearer -> authorizeRoles -> checkRateLimit (the others)
+//   -> forward (identity headers + signed assertion)
 // Every refusal answers with a problem and never forwards. The runtime (policy + verifier) is read once,
 // at the start, and used for every step of the request. The rate limiter and the assertion signer are
 // the process's (ProxyContext), so buckets and the signing key outlive policy reloads.
@@ -14,6 +15,7 @@ import type { Dispatcher } from "undici";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
 import { type Explanation, explain, modeOf } from "../policy/decision.ts";
 import type { RuleMatch } from "../policy/rule-matcher.ts";
+import type { RateLimit } from "../policy/schema.ts";
 import { writeAccessLine } from "./access-log.ts";
 import type { AssertionSigner } from "./assertion.ts";
 import { type Credential, readCredential } from "./authn/credential.ts";
@@ -28,7 +30,12 @@ import {
   readInboundHeaders,
 } from "./headers.ts";
 import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
-import type { RateLimiter, RateLimitSubject, RateLimitVerdict } from "./rate-limit.ts";
+import {
+  failedAuthenticationKey,
+  type RateLimiter,
+  type RateLimitSubject,
+  type RateLimitVerdict,
+} from "./rate-limit.ts";
 import { parseRequestTarget, type RequestTarget } from "./request-target.ts";
 import type { ProxyRuntime } from "./runtime.ts";
 
@@ -171,17 +178,17 @@ export function authorizeRoles(
 const ALLOWED: RateLimitVerdict = { allowed: true };
 
 /**
- * The rate-limit step. A rule without limits (the common case) is answered here, synchronously and
- * without allocating; a limited rule asks the process's limiter (a promise: a bucket may live in Redis).
+ * A rate-limit step. No limits (the common case) is answered here, synchronously and without
+ * allocating; otherwise the process's limiter decides (a promise: a bucket may live in Redis).
  */
 export function checkRateLimit(
   limiter: RateLimiter,
-  rule: CompiledRule | undefined,
+  limits: readonly RateLimit[],
   identity: Identity | undefined,
   req: IncomingMessage,
 ): RateLimitVerdict | Promise<RateLimitVerdict> {
-  if (rule === undefined || rule.rateLimits.length === 0) return ALLOWED;
-  return limiter.check(rule.rateLimits, rateLimitSubject(identity, req));
+  if (limits.length === 0) return ALLOWED;
+  return limiter.check(limits, rateLimitSubject(identity, req));
 }
 
 /**
@@ -239,6 +246,10 @@ function refusal(
   problem: Problem,
   identity?: Identity,
 ): Admission {
+  // In DryRun a limit counted before authentication may already have recorded what Enforce would have
+  // answered first; the steps after it run only to forward what they would without the limit.
+  if (exchange.decision === "would_deny")
+    return identity === undefined ? PUBLIC : { admitted: true, identity };
   const { policy, match } = decided;
   exchange.reason = reason;
   exchange.explanation = explain(policy, {
@@ -283,8 +294,10 @@ function admitIdentity(
   verdict: RateLimitVerdict,
 ): Admission {
   if (!verdict.allowed) return rateLimited(exchange, decided, verdict, identity);
-  exchange.decision = "allow";
-  exchange.reason = reason;
+  if (exchange.decision !== "would_deny") {
+    exchange.decision = "allow";
+    exchange.reason = reason;
+  }
   return { admitted: true, identity };
 }
 
@@ -304,16 +317,75 @@ export function admit(
   if (rule?.action.kind === "public") {
     exchange.decision = "allow";
     exchange.reason = "public";
-    const limited = checkRateLimit(ctx.rateLimiter, rule, undefined, req);
+    const limited = checkRateLimit(ctx.rateLimiter, rule.rateLimits, undefined, req);
     if (limited instanceof Promise) return limited.then((verdict) => admitPublic(exchange, decided, verdict));
     return admitPublic(exchange, decided, limited);
   }
   if (rule?.action.kind === "deny")
     return refusal(exchange, decided, "deny", "deny-rule", PROBLEMS.forbidden);
+  // `key: ip` limits count every request of the peer before its token is looked at, as a rate limit
+  // placed before authentication does in Envoy or Kong: a flood of bad tokens drains them too.
+  const peerLimited = checkRateLimit(ctx.rateLimiter, rule?.peerRateLimits ?? NO_LIMITS, undefined, req);
+  if (peerLimited instanceof Promise) {
+    return peerLimited.then(
+      (verdict) =>
+        refusedBeforeAuthentication(exchange, decided, verdict) ??
+        authenticate(ctx, runtime, req, exchange, target, decided),
+    );
+  }
+  return (
+    refusedBeforeAuthentication(exchange, decided, peerLimited) ??
+    authenticate(ctx, runtime, req, exchange, target, decided)
+  );
+}
 
+const NO_LIMITS: readonly RateLimit[] = [];
+
+/**
+ * The 429 of a limit counted before authentication, or undefined when the request goes on: allowed, or
+ * refused in DryRun, where the refusal is recorded as would_deny and authentication goes on so the app
+ * gets what it would get without the limit (the verified identity when the token checks out).
+ */
+function refusedBeforeAuthentication(
+  exchange: Exchange,
+  decided: Decided,
+  verdict: RateLimitVerdict,
+): Admission | undefined {
+  if (verdict.allowed) return undefined;
+  const admission = rateLimited(exchange, decided, verdict);
+  return admission.admitted ? undefined : admission;
+}
+
+/** Credential, failed-authentication limit, verification, then admitVerified. */
+function authenticate(
+  ctx: ProxyContext,
+  runtime: ProxyRuntime,
+  req: IncomingMessage,
+  exchange: Exchange,
+  target: { path: string; query: string },
+  decided: Decided,
+): Admission | Promise<Admission> {
+  const { policy } = runtime;
   const credential = readBearer(req, target.query, runtime.verifier);
   if (credential.kind === "none") {
     return refusal(exchange, decided, "unauthenticated", "no-credential", PROBLEMS.missingToken);
+  }
+  // Before any parse or signature check: a credential this sidecar has not verified before holds a
+  // token of its peer's failed-authentication bucket, given back when it checks out (settleFailureToken).
+  const failureLimit = policy.failedAuthenticationLimit;
+  let failureKey: string | undefined;
+  if (failureLimit !== undefined && !(credential.kind === "bearer" && credential.known !== undefined)) {
+    const key = failedAuthenticationKey(peerAddress(req));
+    const waitMs = ctx.rateLimiter.takeLocal(key, failureLimit.perSecond, failureLimit.burst);
+    if (waitMs === 0) failureKey = key;
+    else {
+      const refused = refusedBeforeAuthentication(exchange, decided, {
+        allowed: false,
+        limit: FAILED_AUTHENTICATION_LIMIT,
+        retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
+      });
+      if (refused !== undefined) return refused;
+    }
   }
   if (credential.kind === "invalid") {
     const problem =
@@ -330,33 +402,35 @@ export function admit(
       problem,
     );
   }
-  const preAuth = credential.known === undefined ? policy.verificationLimit : undefined;
-  if (preAuth !== undefined) {
-    // A token not verified before costs a signature check: counted per peer first, so a flood of
-    // forged or garbage tokens gets 429 instead of one check each.
-    return ctx.rateLimiter.check([preAuth], { ip: peerAddress(req), header: noHeader }).then((verdict) => {
-      if (!verdict.allowed) return rateLimited(exchange, decided, verdict);
-      return verifyThenAdmit(ctx, runtime, decided, req, exchange, credential);
-    });
-  }
-  return verifyThenAdmit(ctx, runtime, decided, req, exchange, credential);
-}
-
-const noHeader = (): undefined => undefined;
-
-function verifyThenAdmit(
-  ctx: ProxyContext,
-  runtime: ProxyRuntime,
-  decided: Decided,
-  req: IncomingMessage,
-  exchange: Exchange,
-  credential: { token: string; known?: Verification },
-): Admission | Promise<Admission> {
   const verification = verifyBearer(runtime.verifier, credential);
   if (verification instanceof Promise) {
-    return verification.then((verified) => admitVerified(ctx, decided, req, exchange, verified));
+    return verification.then((verified) => {
+      if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verified);
+      return admitVerified(ctx, decided, req, exchange, verified);
+    });
   }
+  if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verification);
   return admitVerified(ctx, decided, req, exchange, verification);
+}
+
+/** The failed-authentication limit's name in the access log (a field name: no rate limit has it). */
+export const FAILED_AUTHENTICATION_LIMIT = "failedAuthenticationLimit";
+
+// Failures that are the sidecar's or the IdP's, not the peer's: the held token goes back.
+const NOT_THE_PEERS_FAULT: ReadonlySet<string> = new Set(["keys_unavailable", "internal"]);
+
+/** A verification that checked out (or failed through no fault of the peer) gives its token back. */
+function settleFailureToken(
+  ctx: ProxyContext,
+  policy: CompiledPolicy,
+  key: string,
+  verification: Verification,
+): void {
+  const limit = policy.failedAuthenticationLimit;
+  if (limit === undefined) return;
+  if (verification.ok || NOT_THE_PEERS_FAULT.has(verification.reason)) {
+    ctx.rateLimiter.refundLocal(key, limit.burst);
+  }
 }
 
 /** The steps after verification: roles, authorization, rate limit. */
@@ -392,7 +466,7 @@ function admitVerified(
   if (!authorization.allow) {
     return refusal(exchange, decided, "deny", authorization.reason, PROBLEMS.insufficientScope, identity);
   }
-  const limited = checkRateLimit(ctx.rateLimiter, rule, identity, req);
+  const limited = checkRateLimit(ctx.rateLimiter, rule?.admittedRateLimits ?? NO_LIMITS, identity, req);
   if (limited instanceof Promise) {
     return limited.then((verdict) =>
       admitIdentity(exchange, decided, authorization.reason, identity, verdict),

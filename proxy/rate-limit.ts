@@ -45,6 +45,14 @@ export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
   return `${limit.name}\u0000${value ?? "-"}`;
 }
 
+/**
+ * The local bucket of a peer address's failed authentications. Rate limit names are DNS labels, so
+ * no rule's bucket key starts with "(".
+ */
+export function failedAuthenticationKey(ip: string): string {
+  return `(failed-authentications)\u0000${ip}`;
+}
+
 interface Bucket {
   tokens: number;
   updatedMs: number;
@@ -97,8 +105,25 @@ export class RateLimiter {
 
   /** Returns 0 when a token was taken, else the ms until one is available. */
   #takeLocal(limit: RateLimit, key: string): number {
+    return this.#local(key, limit.requestsPerSecond, limit.burst ?? limit.requestsPerSecond);
+  }
+
+  /**
+   * Takes a token from the local bucket `key`: 0 when taken, else the ms until one is available. With
+   * refundLocal, a token held while something runs (a verification) and given back when it succeeds.
+   */
+  takeLocal(key: string, perSecond: number, burst: number): number {
+    return this.#local(key, perSecond, burst);
+  }
+
+  /** Gives back a token takeLocal took (never above the burst; a bucket evicted since is left alone). */
+  refundLocal(key: string, burst: number): void {
+    const bucket = this.#buckets.get(key);
+    if (bucket !== undefined) bucket.tokens = Math.min(burst, bucket.tokens + 1);
+  }
+
+  #local(key: string, perSecond: number, burst: number): number {
     const now = this.#now();
-    const burst = limit.burst ?? limit.requestsPerSecond;
     let bucket = this.#buckets.get(key);
     if (bucket === undefined) {
       // Bounded memory: the oldest bucket goes first. A bucket idle for burst/rate seconds is full
@@ -108,16 +133,13 @@ export class RateLimiter {
       bucket = { tokens: burst, updatedMs: now };
       this.#buckets.set(key, bucket);
     } else {
-      bucket.tokens = Math.min(
-        burst,
-        bucket.tokens + ((now - bucket.updatedMs) / 1000) * limit.requestsPerSecond,
-      );
+      bucket.tokens = Math.min(burst, bucket.tokens + ((now - bucket.updatedMs) / 1000) * perSecond);
       bucket.updatedMs = now;
     }
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1;
       return 0;
     }
-    return ((1 - bucket.tokens) / limit.requestsPerSecond) * 1000;
+    return ((1 - bucket.tokens) / perSecond) * 1000;
   }
 }

@@ -106,6 +106,30 @@ describe("shared buckets on a real Redis", () => {
     expect(denied.allowed).toBe(false);
   });
 
+  it("keeps two issuers' identical subject in separate Redis buckets", async () => {
+    const store = await connectRedisBuckets(redis.url);
+    stores.push(store);
+    const limiter = new RateLimiter({ shared: store });
+    const limits = [limit({ store: "redis", key: "subject", requestsPerSecond: 1, burst: 2, name: "idps" })];
+    const alice = (issuer: string): RateLimitSubject => ({
+      issuer,
+      subject: "alice",
+      ip: "10.0.0.1",
+      header: () => undefined,
+    });
+    expect(await allowedOf(limiter, limits, alice("https://idp-a.example"), 4)).toBe(2);
+    // Another IdP's "alice" is someone else: her bucket in Redis is full.
+    expect(await allowedOf(limiter, limits, alice("https://idp-b.example"), 4)).toBe(2);
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    try {
+      const keys = await admin.keys("portcullis:rl:idps*");
+      expect(keys).toHaveLength(2);
+    } finally {
+      admin.destroy();
+    }
+  });
+
   it("sends the script by its SHA1, and again by its text once after Redis forgot it", async () => {
     const store = await connectRedisBuckets(redis.url);
     stores.push(store);

@@ -351,7 +351,7 @@ export function forwardHeaders(
 /** The identity headers for a verified token, or the claim that must not become one. */
 export type IdentityHeaderValues =
   | { ok: true; headers: readonly string[] }
-  | { ok: false; header: string; problem: "control-character" };
+  | { ok: false; header: string; problem: "control-character" | "unpaired-surrogate" };
 
 const identityCache = new WeakMap<Identity, { plan: HeaderPlan; values: IdentityHeaderValues }>();
 /** C0 controls (CR, LF, NUL, ...) and DEL: in a header they split or end it, or are dropped on the way. */
@@ -381,6 +381,8 @@ export function identityHeaders(plan: HeaderPlan, identity: Identity): IdentityH
     if (value === undefined || value === "" || refused) return;
     if (VISIBLE_ASCII.test(value)) headers.push(name, value);
     else if (hasControlCharacter(value)) refused = { ok: false, header: name, problem: "control-character" };
+    // A lone UTF-16 surrogate (a JSON "\ud800" escape) has no UTF-8 form: encodeURIComponent throws.
+    else if (!value.isWellFormed()) refused = { ok: false, header: name, problem: "unpaired-surrogate" };
     else headers.push(name, encodeURIComponent(value), `${name}${ENCODING_SUFFIX_WIRE}`, "percent");
   };
   add(names.subject, identity.subject);

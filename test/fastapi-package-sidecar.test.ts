@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startUpstream, type Upstream } from "../examples/fastapi/upstream.ts";
 import { freePort } from "../examples/free-port.ts";
 import { DEFAULT_CLIENTS, type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
+import { goodClaims, idpKey, sign } from "./support/authn.ts";
 import { documentText, exampleDocument } from "./support/example-policy.ts";
 import { type ProxyProcess, startProxyProcess } from "./support/proxy-process.ts";
 
@@ -116,6 +117,34 @@ describe("the example app with portcullis-fastapi, identity headers only", () =>
     const seen = (body.identity as { x_auth: Record<string, string[]> }).x_auth;
     expect(seen["x-auth-email-encoding"]).toEqual(["percent"]);
     expect(seen["x-auth-email"]).toEqual([encodeURIComponent(JOSE.claims.email)]);
+  });
+
+  it("decodes a UTF-8 subject too; a client's own sibling changes nothing; a control character is 401", async () => {
+    const key = idpKey(idp);
+    const utf8 = await sign(
+      key,
+      goodClaims(idp, { sub: "Zo\u00eb M\u00fcller", email: "Jos\u00e9@b\u00fccher.example" }),
+    );
+    const { status, body } = await me(proxy.url, { authorization: `Bearer ${utf8}` });
+    expect(status).toBe(200);
+    expect(body.me).toMatchObject({
+      subject: "Zo\u00eb M\u00fcller",
+      claims: { email: "Jos\u00e9@b\u00fccher.example" },
+    });
+    // A client's own encoding sibling is stripped with the headers: it cannot make the app decode.
+    const sneaky = await me(proxy.url, {
+      authorization: `Bearer ${tokens.reader}`,
+      "X-Auth-Subject-Encoding": "percent",
+    });
+    expect((sneaky.body.me as Me).subject).toBe(String(decodeJwt(tokens.reader!).sub));
+    const response = await fetch(`${proxy.url}/me`, {
+      headers: {
+        authorization: `Bearer ${await sign(key, goodClaims(idp, { sub: "alice\r\nX-Auth-Roles: admin" }))}`,
+      },
+    });
+    expect(response.status).toBe(401);
+    expect(response.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    expect(await response.text()).not.toContain("alice");
   });
 
   it("cannot tell a request that bypassed the sidecar: the reason to ask for the assertion", async () => {

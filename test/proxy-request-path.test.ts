@@ -4,7 +4,7 @@ import { once } from "node:events";
 import { connect, createServer } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { CompiledPolicy } from "../policy/compile.ts";
-import { goodClaims, idpKey, sign } from "./support/authn.ts";
+import { goodClaims, idpKey, sign, signRaw } from "./support/authn.ts";
 import { type RunningProxy, rawRequest, type Stack, startProxy, startStack } from "./support/proxy.ts";
 
 let stack: Stack;
@@ -456,6 +456,9 @@ describe("claims that become identity headers", () => {
       { sub: "alice\r\nX-Auth-Roles: admin" },
       { sub: "a\u0000b" },
       { email: "x@y\u007f" },
+      { sub: "tab\tbed" },
+      { scope: "orders.read evil\u001b[31m" },
+      { client_id: "web\u0007" },
     ]) {
       const id = `ctl-${Math.random()}`;
       const response = await call("GET", "/orders", {
@@ -466,8 +469,26 @@ describe("claims that become identity headers", () => {
       expect(response.headers.get("www-authenticate")).toContain('error="invalid_token"');
       expect(JSON.stringify(response.body)).not.toContain("alice");
       const line = stack.proxy.logs.find((l) => l.requestId === id);
-      expect(line?.reason).toMatch(/^control-character-in-x-auth-(subject|email)$/);
+      expect(line?.reason).toMatch(/^control-character-in-x-auth-(subject|email|scopes|client-id)$/);
     }
+  });
+
+  it("refuses a claim with a lone UTF-16 surrogate (no UTF-8 form) with 401, never a 500", async () => {
+    const id = `surrogate-${Math.random()}`;
+    // JSON's "\ud800" escape: valid JSON, a string with no UTF-8 encoding.
+    const payload = JSON.stringify(goodClaims(stack.idp, { sub: "PLACEHOLDER" })).replace(
+      "PLACEHOLDER",
+      "a\\ud800b",
+    );
+    const response = await call("GET", "/orders", {
+      authorization: `Bearer ${await signRaw(idpKey(stack.idp), payload)}`,
+      "x-request-id": id,
+    });
+    expect(response.status).toBe(401);
+    expect(response.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    expect(stack.proxy.logs.find((l) => l.requestId === id)?.reason).toBe(
+      "unpaired-surrogate-in-x-auth-subject",
+    );
   });
 
   it("sends a UTF-8 value percent-encoded with an -encoding sibling the app decodes; never drops it", async () => {

@@ -371,10 +371,11 @@ describe("tokens refused with a reason (401)", () => {
 /** A verifier on its own key sets whose clock the test sets (`clock.now`, epoch ms); closed afterwards. */
 async function withClockedVerifier(
   test: (timed: BearerVerifier, clock: { now: number }) => Promise<void>,
+  issuer: Parameters<typeof examplePolicy>[1] = {},
 ): Promise<void> {
   const clock = { now: Date.now() };
   const keySets = new KeySetRegistry();
-  const timed = createBearerVerifier(examplePolicy(idp), { keySets, now: () => clock.now });
+  const timed = createBearerVerifier(examplePolicy(idp, issuer), { keySets, now: () => clock.now });
   try {
     await timed.ready();
     await test(timed, clock);
@@ -399,6 +400,24 @@ describe("verified-token cache", () => {
       clock.now = (exp + 30) * 1000;
       expect(await timed.verify(token)).toEqual({ ok: false, reason: "expired" });
     }));
+
+  it("honours maxTokenAgeSeconds for a cached token: refused from iat + cap (+ skew), whatever its exp", () =>
+    withClockedVerifier(
+      async (timed, clock) => {
+        // A real token from the IdP (iat now, exp in 2 minutes), under a 60 s cap.
+        const token = await idp.token("reader");
+        const { iat } = decodeJwt(token);
+        clock.now = iat! * 1000;
+        const first = await timed.verify(token);
+        expect(first.ok).toBe(true);
+        clock.now = (iat! + 60 + 29) * 1000; // inside the 30 s skew: still the cached verification
+        expect(timed.verifyCached(token)).toBe(first);
+        clock.now = (iat! + 60 + 30) * 1000; // before exp, past the cap: no cached answer, then too_old
+        expect(timed.verifyCached(token)).toBeUndefined();
+        expect(await timed.verify(token)).toEqual({ ok: false, reason: "too_old" });
+      },
+      { maxTokenAgeSeconds: 60 },
+    ));
 
   it("honours nbf of a cached token", () =>
     withClockedVerifier(async (timed, clock) => {

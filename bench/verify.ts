@@ -185,7 +185,7 @@ async function forgedFlood(): Promise<void> {
     const base = results["valid, cached"]!;
     for (const name of costs) {
       console.log(
-        `  ${name.padEnd(36)} ${results[name]!.toFixed(2).padStart(8)} us CPU  ${(results[name]! / base).toFixed(1).padStart(7)}x a valid cached token`,
+        `  ${name.padEnd(40)} ${results[name]!.toFixed(2).padStart(8)} us CPU  ${(results[name]! / base).toFixed(1).padStart(7)}x a valid cached token`,
       );
     }
     verifier.close();

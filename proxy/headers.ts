@@ -139,7 +139,7 @@ const HOST_AND_PORT =
   /^(?:\[[0-9A-Fa-f:.]{2,45}\]|(?:[A-Za-z0-9\-._~!$&'()*+;=]|%[0-9A-Fa-f]{2})+)(?::(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$/;
 
 /** A Host value the app's server would accept: host[:port], the port at most 65535. */
-export function isHostAndPort(value: string): boolean {
+function isHostAndPort(value: string): boolean {
   return HOST_AND_PORT.test(value);
 }
 

@@ -146,10 +146,6 @@ export function parseTarget(url: string | undefined): RequestTarget {
   return parseRequestTarget(url);
 }
 
-export function matchRule(policy: CompiledPolicy, method: string, path: string): CompiledRule | undefined {
-  return policy.matchRule(method, path)?.rule;
-}
-
 /** The request's bearer credential, with the cached verification of a token verified before. */
 export function readBearer(
   req: IncomingMessage,

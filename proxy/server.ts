@@ -1,7 +1,7 @@
 // The public listener. createProxyServer wires the request path (pipeline.ts), upgrades (websocket.ts)
 // and the hardening that belongs to the socket layer; listening and draining are the caller's.
 
-import type { Server } from "node:http";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type pino from "pino";
 import { type AssertionSigner, createAssertionSigner } from "./assertion.ts";
@@ -87,17 +87,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       joinDuplicateHeaders: false,
       insecureHTTPParser: false,
     },
-    (req, res) => {
-      if (endingKeepAlive) res.shouldKeepAlive = false;
-      handleRequest(ctx, req, res);
-    },
+    (req, res) => handle(req, res, false),
   );
   let endingKeepAlive = false;
-  // Without this listener Node answers 100 Continue before the request is authorised.
-  server.on("checkContinue", (req, res) => {
+  function handle(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean): void {
     if (endingKeepAlive) res.shouldKeepAlive = false;
-    handleRequest(ctx, req, res, true);
-  });
+    handleRequest(ctx, req, res, expectsContinue);
+  }
+  // Without this listener Node answers 100 Continue before the request is authorised.
+  server.on("checkContinue", (req, res) => handle(req, res, true));
   server.on("upgrade", (req, socket: Duplex, head: Buffer) => handleUpgrade(ctx, req, socket, head));
   // CONNECT's authority-form target is never a route of the app.
   server.on("connect", (req, socket: Duplex) => {

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import { startUpstream, type Upstream } from "../examples/fastapi/upstream.ts";
-import { portcullis } from "./support/cli.ts";
+import { expectInputErrors, portcullis } from "./support/cli.ts";
 
 const policy = "examples/fastapi/policy.yaml";
 const mistaken = "test/fixtures/three-policy-mistakes.yaml";
@@ -102,12 +102,7 @@ describe("portcullis coverage", () => {
       [["init", "--openapi", openapi, "--mode", "Audit"], /^--mode: expected one of Enforce, DryRun/],
       [["init", "--openapi", openapi, "--output", openapi], /openapi\.json: exists; not overwritten$/],
     ];
-    for (const [args, message] of expectations) {
-      const { code, stderr } = await portcullis(...args);
-      expect({ args, code }).toEqual({ args, code: 2 });
-      expect(stderr.split("\n")[0]).toMatch(message);
-      expect(stderr).not.toMatch(/\n\s+at /);
-    }
+    await expectInputErrors(expectations, { emptyStdout: false });
   });
 });
 

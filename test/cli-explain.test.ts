@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateKeyPair, SignJWT } from "jose";
 import { beforeAll, describe, expect, it } from "vitest";
-import { portcullis } from "./support/cli.ts";
+import { expectInputErrors, portcullis } from "./support/cli.ts";
 
 const policy = "examples/fastapi/policy.yaml";
 let claimsFile = "";
@@ -124,12 +124,6 @@ describe("portcullis explain", () => {
         /not a valid policy/,
       ],
     ];
-    for (const [args, message] of expectations) {
-      const { code, stdout, stderr } = await portcullis(...args);
-      expect({ args, code }).toEqual({ args, code: 2 });
-      expect(stderr.split("\n")[0]).toMatch(message);
-      expect(stderr).not.toMatch(/\n\s+at /);
-      expect(stdout).toBe("");
-    }
+    await expectInputErrors(expectations);
   });
 });

@@ -5,7 +5,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { portcullis } from "./support/cli.ts";
+import { expectInputErrors, portcullis } from "./support/cli.ts";
 
 const policy = "examples/fastapi/policy.yaml";
 const cases = "examples/fastapi/policy-cases.yaml";
@@ -104,12 +104,6 @@ describe("portcullis test", () => {
       [["test", policy], /^usage: portcullis test/],
       [["frobnicate"], /^unknown command "frobnicate"/],
     ];
-    for (const [args, message] of expectations) {
-      const { code, stdout, stderr } = await portcullis(...args);
-      expect({ args, code }).toEqual({ args, code: 2 });
-      expect(stderr.split("\n")[0]).toMatch(message);
-      expect(stderr).not.toMatch(/\n\s+at /);
-      expect(stdout).toBe("");
-    }
+    await expectInputErrors(expectations);
   });
 });

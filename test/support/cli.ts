@@ -1,7 +1,9 @@
 // Runs the real `portcullis` CLI (node policy/cli.ts ...) as a child process, as CI would.
+
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { expect } from "vitest";
 
 const run = promisify(execFile);
 export const repoRoot = join(import.meta.dirname, "../..");
@@ -21,5 +23,22 @@ export async function portcullis(...args: string[]): Promise<CliResult> {
   } catch (e) {
     const failed = e as { code: number; stdout: string; stderr: string };
     return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
+  }
+}
+
+/**
+ * Each invocation is an input or usage error: exit 2, the message on stderr's first line, no stack
+ * trace, and (unless told otherwise) nothing on stdout.
+ */
+export async function expectInputErrors(
+  expectations: readonly [string[], RegExp][],
+  options: { emptyStdout?: boolean } = {},
+): Promise<void> {
+  for (const [args, message] of expectations) {
+    const { code, stdout, stderr } = await portcullis(...args);
+    expect({ args, code }).toEqual({ args, code: 2 });
+    expect(stderr.split("\n")[0]).toMatch(message);
+    expect(stderr).not.toMatch(/\n\s+at /);
+    if (options.emptyStdout !== false) expect(stdout).toBe("");
   }
 }

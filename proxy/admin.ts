@@ -48,7 +48,10 @@ export function createAdminServer(options: AdminOptions): Server {
   if (publicKeys) routes.set(ASSERTION_KEYS_PATH, (res) => sendJson(res, 200, publicKeys()));
   const { preStop } = options;
   if (preStop)
-    routes.set(PRESTOP_PATH, async (res) => sendJson(res, 200, (await preStop(), { status: "ok" })));
+    routes.set(PRESTOP_PATH, async (res) => {
+      await preStop();
+      sendJson(res, 200, { status: "ok" });
+    });
 
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     // Probes and scrapers send no query worth reading; the path alone picks the route.

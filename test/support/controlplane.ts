@@ -10,6 +10,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KubeConfig, VersionApi } from "@kubernetes/client-node";
 import { freePort } from "../../examples/free-port.ts";
+import { cacheRoot } from "../setup/cache.ts";
 import { type ControlPlanePki, issueClientCertificate, issueControlPlanePki } from "./controlplane-pki.ts";
 import { processExists, type SupervisedProcess, startSupervisedProcess } from "./supervised-process.ts";
 
@@ -80,9 +81,7 @@ export async function controlPlaneBinDir(): Promise<string> {
   const fromEnv = process.env.PORTCULLIS_CONTROLPLANE_BIN;
   if (fromEnv) return fromEnv;
   const { kubernetes, etcd } = await controlPlaneVersions();
-  const cacheRoot =
-    process.env.PORTCULLIS_CACHE ?? join(process.env.HOME ?? tmpdir(), ".cache", "portcullis");
-  return join(cacheRoot, "controlplane", `k8s-${kubernetes}-etcd-${etcd}`);
+  return join(cacheRoot(), "controlplane", `k8s-${kubernetes}-etcd-${etcd}`);
 }
 
 export async function startControlPlane(options: StartControlPlaneOptions = {}): Promise<ControlPlane> {

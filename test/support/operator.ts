@@ -109,9 +109,13 @@ export async function createNamespace(client: KubeClient, name: string): Promise
 
 export async function create<T extends KubeObject>(client: KubeClient, object: KubeObject): Promise<T> {
   const { apiVersion, kind, metadata } = object;
-  const plural = { Deployment: "deployments", Service: "services", Secret: "secrets", AccessPolicy: PLURAL }[
-    kind ?? ""
-  ];
+  const plural = {
+    Deployment: "deployments",
+    Service: "services",
+    Secret: "secrets",
+    Pod: "pods",
+    AccessPolicy: PLURAL,
+  }[kind ?? ""];
   if (!apiVersion || !plural) throw new Error(`create(): unsupported ${kind}`);
   return client.request<T>("POST", resourcePath(apiVersion, plural, metadata?.namespace), { body: object });
 }

@@ -3,11 +3,13 @@
 // pods under the chart's RBAC; real tokens from a real IdP (reached from inside the pods, over https
 // with a private CA) go through the Service's ClusterIP (kube-proxy) to the sidecar and the app.
 // Figures the scenarios measure are printed as `realnode:` lines.
+import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { V1ConfigMap, V1Deployment, V1Pod, V1Service } from "@kubernetes/client-node";
+import { createClient } from "redis";
 import { Agent, request } from "undici";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse, parseAllDocuments } from "yaml";
@@ -32,6 +34,7 @@ import {
   type ServedPolicy,
   userVisible,
 } from "./support/operator.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
 
 const ns = "shop";
 const name = "orders-api";
@@ -41,6 +44,9 @@ const root = join(import.meta.dirname, "..");
 let node: RealNode;
 let client: KubeClient;
 let idp: IdentityProvider;
+/** Where `store: redis` limits share their buckets: on the node's address, with a password. */
+let redis: RedisServer;
+const REDIS_SECRET = { name: "portcullis-redis", key: "url" } as const;
 let pkiDir: string;
 let caBundle: string;
 let before: { service: unknown };
@@ -204,7 +210,9 @@ beforeAll(async () => {
     },
   });
 
-  // The operator, as a platform team installs it.
+  redis = await startRedis({ host: NODE_IP, password: randomBytes(16).toString("hex") });
+
+  // The operator, as a platform team installs it; the sidecars' Redis URL from a Secret per namespace.
   const installed = await helm(
     "install",
     "portcullis",
@@ -217,6 +225,8 @@ beforeAll(async () => {
     "--wait",
     "--timeout",
     "180s",
+    "--set",
+    `sidecar.redisUrlSecret=${REDIS_SECRET.name}/${REDIS_SECRET.key}`,
   );
   expect(installed.stderr + installed.stdout).toContain("STATUS: deployed");
 
@@ -224,6 +234,12 @@ beforeAll(async () => {
   // listens on the pod IP (the example binds loopback, for after the sidecar is in), so the Service is
   // live and unprotected to begin with.
   await createNamespace(client, ns);
+  await create(client, {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { name: REDIS_SECRET.name, namespace: ns },
+    stringData: { [REDIS_SECRET.key]: redis.url },
+  });
   for (const document of parseAllDocuments(
     await readFile(join(root, "examples/fastapi/deployment.yaml"), "utf8"),
   )) {
@@ -261,6 +277,7 @@ afterAll(async () => {
   if (figures.length) process.stderr.write(`\nrealnode figures:\n  ${figures.join("\n  ")}\n`);
   await client?.close();
   await idp?.stop();
+  await redis?.remove();
   await node?.stop();
   if (pkiDir) await rm(pkiDir, { recursive: true, force: true });
 }, 300_000);
@@ -482,6 +499,83 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     await mergePatch(client, PATHS.policy(ns, name), {
       spec: { authorization: { rules: policy.spec.authorization.rules } },
     });
+  }, 420_000);
+
+  it("shares a `store: redis` rate limit between the pods' sidecars, through the Redis URL each reads from a Secret", async () => {
+    const running = await pods(ns, `app=${name}`);
+    expect(running.length).toBeGreaterThan(1);
+    // The URL (it holds the password) is in no pod spec: each sidecar reads it from the Secret.
+    for (const pod of running) {
+      const sidecar = pod.spec?.initContainers?.find((c) => c.name === "portcullis");
+      expect(sidecar?.env?.find((e) => e.name === "PORTCULLIS_REDIS_URL")?.valueFrom?.secretKeyRef).toEqual({
+        ...REDIS_SECRET,
+        optional: true,
+      });
+    }
+    expect(JSON.stringify(running)).not.toContain(redis.url);
+
+    const policy = await client.get<ServedPolicy>(PATHS.policy(ns, name));
+    const rateLimits = (policy.spec.rateLimits ?? []) as unknown[];
+    const burst = 10;
+    const shared = {
+      name: "me-shared",
+      rules: ["me"],
+      key: "subject",
+      requestsPerSecond: 1,
+      burst,
+      store: "redis",
+    };
+    const patched = await mergePatch<ServedPolicy>(client, PATHS.policy(ns, name), {
+      spec: { rateLimits: [...rateLimits, shared] },
+    });
+    const generation = patched.metadata?.generation ?? 0;
+    await eventually(
+      "every sidecar runs the policy with the shared limit",
+      async () => {
+        for (const pod of running) {
+          const metrics = await request(`http://${pod.status?.podIP}:9901/metrics`, {
+            dispatcher: probeClient,
+          });
+          const served = /^portcullis_policy_info\{[^}]*generation="(\d+)"/m.exec(await metrics.body.text());
+          if (Number(served?.[1] ?? 0) < generation) return false;
+        }
+        return true;
+      },
+      150_000,
+    );
+
+    // Three budgets' worth, in turn to each pod's sidecar: one bucket between them lets through the
+    // burst and what refills meanwhile (1/s), not a burst per sidecar.
+    const reader = await idp.token("reader");
+    const answers = new Map<string, number[]>();
+    const started = Date.now();
+    for (let i = 0; i < 3 * burst; i++) {
+      const pod = running[i % running.length];
+      const answer = await call("/me", { token: reader, origin: `http://${pod?.status?.podIP}:8080` });
+      answers.set(pod?.metadata?.name ?? "", [
+        ...(answers.get(pod?.metadata?.name ?? "") ?? []),
+        answer.status,
+      ]);
+    }
+    const seconds = (Date.now() - started) / 1000;
+    const all = [...answers.values()].flat();
+    const served = all.filter((status) => status === 200).length;
+    figure(
+      `a store: redis limit (burst ${burst}, 1/s) across ${running.length} sidecars: ${served} of ${all.length} served, the rest 429, in ${seconds.toFixed(1)} s (per-sidecar buckets would serve ${Math.min(all.length, running.length * burst)})`,
+    );
+    expect(all.filter((status) => status !== 200 && status !== 429)).toEqual([]);
+    expect(served).toBeGreaterThanOrEqual(burst);
+    expect(served).toBeLessThanOrEqual(burst + Math.ceil(seconds));
+    for (const statuses of answers.values()) expect(statuses).toContain(429);
+    // The bucket is in Redis.
+    const store = createClient({ url: redis.url });
+    await store.connect();
+    try {
+      expect(await store.dbSize()).toBeGreaterThan(0);
+    } finally {
+      await store.quit();
+    }
+    await mergePatch(client, PATHS.policy(ns, name), { spec: { rateLimits } });
   }, 420_000);
 
   it("lets a request in flight finish when its pod is deleted, and loses none while the pod is replaced", async () => {

@@ -1,5 +1,5 @@
-// A real redis-server (test/setup/prepare.ts installs it) on a free loopback port, without
-// persistence, for shared rate-limit tests.
+// A real redis-server (test/setup/prepare.ts installs it) on a free port (loopback unless told
+// otherwise), without persistence, for shared rate-limit tests.
 
 import { mkdtemp, rm } from "node:fs/promises";
 import { createConnection } from "node:net";
@@ -19,10 +19,17 @@ export interface RedisServer {
   remove(): Promise<void>;
 }
 
-async function waitForPort(port: number, process: SupervisedProcess): Promise<void> {
+export interface RedisOptions {
+  /** The address it listens on. Default 127.0.0.1. */
+  host?: string;
+  /** requirepass: clients must authenticate (the URL then carries it). */
+  password?: string;
+}
+
+async function waitForPort(host: string, port: number, process: SupervisedProcess): Promise<void> {
   for (let i = 0; i < 200; i++) {
     const open = await new Promise<boolean>((resolve) => {
-      const socket = createConnection({ port, host: "127.0.0.1" }, () => {
+      const socket = createConnection({ port, host }, () => {
         socket.destroy();
         resolve(true);
       });
@@ -34,22 +41,26 @@ async function waitForPort(port: number, process: SupervisedProcess): Promise<vo
   throw new Error(`redis-server did not listen on ${port}:\n${process.logTail()}`);
 }
 
-export async function startRedis(): Promise<RedisServer> {
+export async function startRedis(options: RedisOptions = {}): Promise<RedisServer> {
+  const { host = "127.0.0.1", password } = options;
   const dir = await mkdtemp(join(tmpdir(), "portcullis-redis-"));
-  const port = await freePort();
+  const port = await freePort(host);
   let current: SupervisedProcess | undefined;
   const start = async () => {
     current = startSupervisedProcess(
       "redis-server",
       redisServerBinary(),
-      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+      [
+        ...["--port", String(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", dir],
+        ...(password === undefined ? [] : ["--requirepass", password]),
+      ],
       join(dir, "redis.log"),
     );
-    await waitForPort(port, current);
+    await waitForPort(host, port, current);
   };
   await start();
   return {
-    url: `redis://127.0.0.1:${port}`,
+    url: `redis://${password === undefined ? "" : `:${encodeURIComponent(password)}@`}${host}:${port}`,
     port,
     start,
     async stop() {

@@ -19,6 +19,7 @@ import {
   type PathTemplate,
   parsePathTemplate,
   type Segment,
+  templateCovers,
 } from "./path-template.ts";
 import { converterKind, kindMatchesRange, type SegmentPattern } from "./segment-pattern.ts";
 
@@ -156,6 +157,24 @@ function matchedSegments(template: PathTemplate): readonly Segment[] {
 
 function isEmptyLiteral(segment: Segment | undefined): boolean {
   return segment?.kind === "literal" && segment.text === "";
+}
+
+/**
+ * True when every request path `specific` matches as a rule is matched by `general` as a rule: both
+ * with their trailing "/"s cut as the matcher cuts them, and a tail's prefix without its "/"
+ * (`/s/{p:path}` takes `/s`) counted. Conservative like templateCovers: false when unsure.
+ */
+export function ruleCovers(general: PathTemplate, specific: PathTemplate): boolean {
+  const g = { ...general, segments: matchedSegments(general) };
+  const s = { ...specific, segments: matchedSegments(specific) };
+  if (templateCovers(g, s)) return true;
+  // The tail's prefix form: `/s` and `/s/` for `/s/{p:path}`.
+  return (
+    general.tail !== undefined &&
+    specific.tail === undefined &&
+    s.segments.length === g.segments.length &&
+    templateCovers({ ...g, tail: undefined }, s)
+  );
 }
 
 function insert<R>(root: TrieNode<R>, rule: R, index: number, source: string): void {

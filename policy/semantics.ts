@@ -3,8 +3,9 @@
 // verdict; test/crd-cel.test.ts holds both to the same fixtures.
 
 import { X509Certificate } from "node:crypto";
-import { type PathTemplate, PathTemplateError, parsePathTemplate, templateCovers } from "./path-template.ts";
+import { type PathTemplate, PathTemplateError, parsePathTemplate } from "./path-template.ts";
 import { error, type Problem, warning } from "./problems.ts";
+import { ruleCovers } from "./rule-matcher.ts";
 import type { AccessPolicySpec, Rule } from "./schema.ts";
 
 const LOOPBACK_HOSTS = new Set(["localhost", "[::1]"]);
@@ -204,7 +205,7 @@ function checkShadowing(
       const earlier = rules[i];
       const earlierPaths = compiled[i];
       if (!earlier || !earlierPaths || !methodsCover(earlier.methods, later.methods)) continue;
-      if (laterPaths.every((p) => earlierPaths.some((q) => templateCovers(q, p)))) {
+      if (laterPaths.every((p) => earlierPaths.some((q) => ruleCovers(q, p)))) {
         problems.push(
           warning(
             `spec.authorization.rules[${j}]`,

@@ -91,6 +91,14 @@ describe("validatePolicyText", () => {
     ]);
   });
 
+  it("knows a rule's trailing '/' does not matter: /audit/ after /audit never applies", () => {
+    const text = readFileSync(examplePolicy, "utf8").replace('paths: ["/me"]', 'paths: ["/audit/"]');
+    const { problems } = validatePolicyText(text);
+    expect(problems.map(formatProblem)).toEqual([
+      'warning: spec.authorization.rules[8]: rule "me" never applies: rule "audit" comes first and matches all its requests',
+    ]);
+  });
+
   it.each([
     ["not YAML", "a: [\n", "not valid YAML"],
     ["a list", "- 1\n", "expected an AccessPolicy (a YAML mapping), got a list"],

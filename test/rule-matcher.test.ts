@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { PathTemplateError, parsePathTemplate, starletteRegexSource } from "../policy/path-template.ts";
-import { compileRules } from "../policy/rule-matcher.ts";
+import { compileRules, ruleCovers } from "../policy/rule-matcher.ts";
 
 interface TestRule {
   name: string;
@@ -357,5 +357,64 @@ describe("compileRules against a regex reference of Starlette's routing", () => 
     };
     visit("", 0);
     expect(checked).toBeGreaterThan(20_000);
+  });
+});
+
+describe("ruleCovers: when an earlier rule leaves a later one nothing to decide", () => {
+  const covers = (general: string, specific: string) =>
+    ruleCovers(parsePathTemplate(general), parsePathTemplate(specific));
+
+  it("takes trailing '/'s as the matcher does, and a tail's prefix without its '/'", () => {
+    expect(covers("/x", "/x/")).toBe(true);
+    expect(covers("/x/", "/x")).toBe(true);
+    expect(covers("/x//", "/x")).toBe(true);
+    expect(covers("/a/{id}", "/a/b/")).toBe(true);
+    expect(covers("/s/{p:path}", "/s")).toBe(true);
+    expect(covers("/s/{p:path}", "/s/")).toBe(true);
+    expect(covers("/x", "/x/y")).toBe(false);
+    expect(covers("/x/", "/x/{p:path}")).toBe(false);
+    expect(covers("/s/{p:path}", "/t")).toBe(false);
+    expect(covers("/", "/x")).toBe(false);
+    expect(covers("/x", "/")).toBe(false);
+  });
+
+  it("never calls a rule covered that decides some path of a generated corpus", () => {
+    const templates = [
+      "/",
+      "/a",
+      "/a/",
+      "/a//",
+      "/a/b",
+      "/a/b/",
+      "/a/{x}",
+      "/a/{x}/",
+      "/a/{x:int}",
+      "/a/{x}/b",
+      "/a/{p:path}",
+      "/{x}",
+      "/{x}/",
+      "/{p:path}",
+    ];
+    const pieces = ["", "a", "b", "1", "x.json"];
+    const paths: string[] = [];
+    const visit = (path: string, depth: number) => {
+      paths.push(path);
+      if (depth < 4) for (const piece of pieces) visit(`${path}/${piece}`, depth + 1);
+    };
+    visit("", 0);
+    let covered = 0;
+    for (const general of templates) {
+      for (const specific of templates) {
+        if (!covers(general, specific)) continue;
+        covered++;
+        const m = compileRules([rule("general", [general]), rule("specific", [specific])]);
+        for (const path of paths)
+          expect(
+            m.match("GET", path)?.rule.name,
+            `${general} then ${specific}: ${JSON.stringify(path)}`,
+          ).not.toBe("specific");
+      }
+    }
+    expect(covered).toBeGreaterThan(templates.length);
   });
 });

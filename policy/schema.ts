@@ -278,7 +278,7 @@ export const FailedAuthenticationLimit = Type.Object(
   {
     additionalProperties: false,
     description:
-      "A token bucket per peer address (the socket's, never X-Forwarded-For) counted BEFORE a token is verified, on every path that needs one: each verification holds a token and gives it back when the token checks out, so only failures (forged, expired, garbage tokens; bad Authorization headers) drain the bucket. A peer whose bucket is empty gets 429 with Retry-After before any parse or signature check; tokens this sidecar verified before still pass. Per sidecar. Off by default.",
+      "A token bucket per peer address (the socket's, never X-Forwarded-For; an IPv6 one by its /64) counted BEFORE a token is verified, on every path that needs one: each verification holds a token and gives it back when the token checks out, so only failures (forged, expired, garbage tokens; bad Authorization headers) drain the bucket. A peer whose bucket is empty gets 429 with Retry-After before any parse or signature check; tokens this sidecar verified before still pass. Per sidecar. Off by default.",
   },
 );
 
@@ -479,7 +479,7 @@ export const RateLimit = Type.Object(
       pattern: "^(subject|clientId|ip|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$",
       maxLength: LIMITS.header + 7,
       description:
-        "What a bucket is kept per: subject | clientId (both per issuer: two IdPs' identical values never share a bucket) | ip (the socket's peer address; counted BEFORE the token is verified, so refused requests count too) | header:<Name> (as the client sent it). Limits other than ip count requests once authorised.",
+        "What a bucket is kept per: subject | clientId (both per issuer: two IdPs' identical values never share a bucket) | ip (the socket's peer address, an IPv6 one by its /64; counted BEFORE the token is verified, so refused requests count too) | header:<Name> (as the client sent it). Limits other than ip count requests once authorised.",
     }),
     requestsPerSecond: Type.Integer({
       minimum: 1,

@@ -4,6 +4,7 @@
 // sidecar's local bucket: degraded to per-replica limits, never to no limit and never to an outage
 // (Kong's fault_tolerant behaviour, without giving up the limit entirely).
 
+import { isIPv6 } from "node:net";
 import type { RateLimit } from "../policy/schema.ts";
 
 export interface RateLimitSubject {
@@ -40,7 +41,7 @@ export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
     value = who.subject === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.subject}`;
   else if (key === "clientId")
     value = who.clientId === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.clientId}`;
-  else if (key === "ip") value = who.ip;
+  else if (key === "ip") value = who.ip === undefined ? undefined : peerBucket(who.ip);
   else value = who.header(key.slice("header:".length));
   return `${limit.name}\u0000${value ?? "-"}`;
 }
@@ -50,7 +51,36 @@ export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
  * no rule's bucket key starts with "(".
  */
 export function failedAuthenticationKey(ip: string): string {
-  return `(failed-authentications)\u0000${ip}`;
+  return `(failed-authentications)\u0000${peerBucket(ip)}`;
+}
+
+/**
+ * What a peer address counts as: an IPv4 address (IPv4-mapped IPv6 too) by itself, an IPv6 address
+ * by its /64, the smallest network a host is given (RFC 6177): per address, one host could rotate
+ * through 2^64 of them and never meet its limit.
+ */
+export function peerBucket(address: string): string {
+  if (!address.includes(":")) return address;
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (mapped?.[1] !== undefined) return mapped[1];
+  const bare = address.split("%", 1)[0] ?? address;
+  if (!isIPv6(bare)) return address;
+  return `${ipv6Groups(bare).slice(0, 4).join(":")}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address, in short hex ("::" and a dotted IPv4 tail expanded). */
+function ipv6Groups(address: string): string[] {
+  let text = address;
+  const dotted = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (dotted !== null) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = "", tail] = text.split("::");
+  const before = head === "" ? [] : head.split(":");
+  const after = tail === undefined || tail === "" ? [] : tail.split(":");
+  const zeros = tail === undefined ? [] : Array<string>(8 - before.length - after.length).fill("0");
+  return [...before, ...zeros, ...after].map((group) => Number.parseInt(group, 16).toString(16));
 }
 
 interface Bucket {

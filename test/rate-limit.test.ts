@@ -1,7 +1,13 @@
 import { createClient } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RateLimit } from "../policy/schema.ts";
-import { bucketKey, RateLimiter, type RateLimitSubject } from "../proxy/rate-limit.ts";
+import {
+  bucketKey,
+  failedAuthenticationKey,
+  peerBucket,
+  RateLimiter,
+  type RateLimitSubject,
+} from "../proxy/rate-limit.ts";
 import { connectRedisBuckets, type RedisBucketStore } from "../proxy/redis-buckets.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
 
@@ -50,6 +56,33 @@ describe("local token buckets (pure, with a controlled clock)", () => {
     expect(bucketKey(limit({ key: "ip" }), subject)).toBe("writes\u000010.0.0.1");
     expect(bucketKey(limit({ key: "header:X-Tenant" }), subject)).toBe("writes\u0000t1");
     expect(bucketKey(limit({ key: "header:X-Other" }), subject)).toBe("writes\u0000-");
+  });
+
+  it("counts an IPv6 peer by its /64 and an IPv4-mapped one as IPv4, so rotating addresses buys nothing", () => {
+    expect(peerBucket("10.0.0.1")).toBe("10.0.0.1");
+    expect(peerBucket("::ffff:10.0.0.1")).toBe("10.0.0.1");
+    expect(peerBucket("::FFFF:10.0.0.1")).toBe("10.0.0.1");
+    expect(peerBucket("2001:db8:1:2:3:4:5:6")).toBe("2001:db8:1:2::/64");
+    expect(peerBucket("2001:0db8:0001:0002:ffff:ffff:ffff:ffff")).toBe("2001:db8:1:2::/64");
+    expect(peerBucket("2001:db8:1:2::7")).toBe("2001:db8:1:2::/64");
+    expect(peerBucket("2001:db8::1")).toBe("2001:db8:0:0::/64");
+    expect(peerBucket("2001:db8::")).toBe("2001:db8:0:0::/64");
+    expect(peerBucket("::1")).toBe("0:0:0:0::/64");
+    expect(peerBucket("::")).toBe("0:0:0:0::/64");
+    expect(peerBucket("fe80::1%eth0")).toBe("fe80:0:0:0::/64");
+    expect(peerBucket("64:ff9b::192.0.2.1")).toBe("64:ff9b:0:0::/64");
+    expect(peerBucket("1:2:3:4:5:6:192.0.2.1")).toBe("1:2:3:4::/64");
+    // Not an address (a socket always has one; "unknown" when it was already closed): as it is.
+    expect(peerBucket("unknown")).toBe("unknown");
+    expect(peerBucket("1:2:3")).toBe("1:2:3");
+    const a = who("x");
+    const b = who("x");
+    a.ip = "2001:db8:1:2::a";
+    b.ip = "2001:db8:1:2:ffff::b";
+    expect(bucketKey(limit({ key: "ip" }), a)).toBe(bucketKey(limit({ key: "ip" }), b));
+    b.ip = "2001:db8:1:3::a";
+    expect(bucketKey(limit({ key: "ip" }), a)).not.toBe(bucketKey(limit({ key: "ip" }), b));
+    expect(failedAuthenticationKey("2001:db8:1:2::a")).toBe(failedAuthenticationKey("2001:db8:1:2::b"));
   });
 
   it("keeps subjects and clients of different issuers in different buckets", async () => {

@@ -56,9 +56,10 @@ export const USAGE = `usage: portcullis-proxy --policy <file> --upstream <url> [
   --log-level <level>      trace|debug|info|warn|error|fatal|silent (default spec.sidecar.logLevel, info)
                            env PORTCULLIS_LOG_LEVEL
   --drain-seconds <n>      on SIGTERM, wait this long for in-flight requests (default ${DEFAULT_DRAIN_SECONDS})
-  --prestop-seconds <n>    GET /prestop on the admin port (the app container's preStop hook) holds this
-                           long while keep-alive connections are closed (default ${DEFAULT_PRESTOP_SECONDS})  env PORTCULLIS_PRESTOP_SECONDS
                            env PORTCULLIS_DRAIN_SECONDS
+  --prestop-seconds <n>    GET /prestop on the admin port (the app container's preStop hook) holds this
+                           long while keep-alive connections are closed (default ${DEFAULT_PRESTOP_SECONDS})
+                           env PORTCULLIS_PRESTOP_SECONDS
   --redis-url <url>        redis[s]://[user:password@]host:port[/db] for \`store: redis\` rate limits
                            (default none: those limits count per sidecar)
                            env PORTCULLIS_REDIS_URL

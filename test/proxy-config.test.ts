@@ -1,11 +1,13 @@
 // The proxy's command line and environment: pure parsing, no processes.
 import { describe, expect, it } from "vitest";
+import { USAGE as OPERATOR_USAGE } from "../operator/config.ts";
 import {
   DEFAULT_DRAIN_SECONDS,
   type ProxyConfig,
   parseHostPort,
   readProxyConfig,
   redactedUrl,
+  USAGE,
 } from "../proxy/config.ts";
 
 const required = ["--policy", "/etc/portcullis/policy.yaml", "--upstream", "http://127.0.0.1:8000"];
@@ -161,4 +163,31 @@ describe("parseHostPort", () => {
       expect(parseHostPort(text)).toHaveProperty("error");
     },
   );
+});
+
+describe("--help", () => {
+  /** Each option's lines of a usage text: from its "  --name" line to the next option's. */
+  function optionBlocks(usage: string): Map<string, string> {
+    const blocks = new Map<string, string>();
+    let current: string | undefined;
+    for (const line of usage.split("\n")) {
+      const option = /^ {2}--([a-z-]+)/.exec(line)?.[1];
+      if (option !== undefined) current = option;
+      else if (/^ {2}-/.test(line) || line.trim() === "") current = undefined;
+      if (current !== undefined) blocks.set(current, `${blocks.get(current) ?? ""}${line}\n`);
+    }
+    return blocks;
+  }
+
+  it.each([
+    ["portcullis-proxy", USAGE],
+    ["portcullis-operator", OPERATOR_USAGE],
+  ])("%s names each option's environment variable under that option, not another's", (_, usage) => {
+    const blocks = optionBlocks(usage);
+    expect(blocks.size).toBeGreaterThan(5);
+    for (const [option, block] of blocks) {
+      const named = [...block.matchAll(/env (PORTCULLIS_[A-Z_]+)/g)].map((m) => m[1]);
+      expect(named, option).toEqual([`PORTCULLIS_${option.toUpperCase().replaceAll("-", "_")}`]);
+    }
+  });
 });

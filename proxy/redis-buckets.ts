@@ -2,7 +2,7 @@
 // round trip decides and the "theoretical arrival time" is the only state (one key per bucket,
 // expiring when the bucket would be full again).
 
-import { type CommandParser, createClient, defineScript } from "redis";
+import { type CommandParser, createClient, defineScript } from "@redis/client";
 import type { SharedBucketStore } from "./rate-limit.ts";
 
 const GCRA = `

@@ -168,6 +168,24 @@ function operatorProcesses(): Map<string, number> {
   return found;
 }
 
+/** Waits until the sidecar of every pod of the app serves the policy's `generation` (its /metrics says). */
+async function everySidecarRuns(generation: number): Promise<void> {
+  await eventually(
+    `every sidecar runs generation ${generation} of the policy`,
+    async () => {
+      for (const pod of await pods(ns, `app=${name}`)) {
+        const metrics = await request(`http://${pod.status?.podIP}:9901/metrics`, {
+          dispatcher: probeClient,
+        });
+        const served = /^portcullis_policy_info\{[^}]*generation="(\d+)"/m.exec(await metrics.body.text());
+        if (Number(served?.[1] ?? 0) < generation) return false;
+      }
+      return true;
+    },
+    150_000,
+  );
+}
+
 /** The operator's NetworkPolicy for the app, if it exists. */
 function fence() {
   return getOrUndefined(
@@ -330,6 +348,55 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     const statuses = Object.keys(report.failures).filter((failure) => !CONNECTION_FAILURES.has(failure));
     expect(statuses).toEqual([]);
     expect(report.sent - report.ok).toBeLessThanOrEqual(Math.ceil(report.sent / 200));
+  }, 420_000);
+
+  it("gives a request around the sidecar nothing once the app requires the sidecar's signed assertion", async () => {
+    // The app still listens on the pod IP and trusts identity headers: another namespace's pod can
+    // go around the sidecar and be anyone.
+    const forged = ["X-Auth-Subject: mallory", "X-Auth-Roles: admin"];
+    const around = (pod: V1Pod) => `http://${pod.status?.podIP}:8000/me`;
+    const [first] = await pods(ns, `app=${name}`);
+    if (first === undefined) throw new Error("no app pod");
+    expect(await outsider.dialWith(around(first), forged)).toMatchObject({
+      answer: "200",
+      body: { me: { subject: "mallory", roles: ["admin"], source: "headers" } },
+    });
+
+    const load = readerTraffic(await idp.token("reader"));
+    const started = Date.now();
+    // The sidecars sign an assertion first, then the app (portcullis-fastapi) is rolled to require it.
+    const patched = await mergePatch<ServedPolicy>(client, PATHS.policy(ns, name), {
+      spec: { identityHeaders: { assertion: {} } },
+    });
+    await everySidecarRuns(patched.metadata?.generation ?? 0);
+    const requireAssertion = { name: "PORTCULLIS_ASSERTION_AUDIENCE", value: name };
+    await client.request("PATCH", PATHS.deployment(ns, name), {
+      body: { spec: { template: { spec: { containers: [{ name: "app", env: [requireAssertion] }] } } } },
+      contentType: "application/strategic-merge-patch+json",
+    });
+    await eventually(
+      "the app is rolled out requiring the assertion",
+      async () => {
+        const deployment = await client.get<V1Deployment>(PATHS.deployment(ns, name));
+        const app = deployment.spec?.template.spec?.containers.find((c) => c.name === "app");
+        return (app?.env ?? []).some((e) => e.name === requireAssertion.name) && (await rolledOut(true));
+      },
+      240_000,
+    );
+    const report = await load.stop();
+
+    // Through the sidecar: the app verified the assertion against its own sidecar's /jwks.json.
+    const me = await call("/me", { token: await idp.token("reader") });
+    expect(me).toMatchObject({ status: 200, body: { me: { subject: "reader", source: "assertion" } } });
+    // Around it, on every pod: the forged headers get nothing.
+    const answers: string[] = [];
+    for (const pod of await pods(ns, `app=${name}`))
+      answers.push((await outsider.dialWith(around(pod), forged)).answer);
+    expect(answers).toEqual(answers.map(() => "401"));
+    figure(
+      `assertion required by the app (policy change, then a rollout) in ${((Date.now() - started) / 1000).toFixed(1)} s: forged identity headers from another namespace's pod straight to the app port got 200 before, ${answers.join("/")} after; ${describeLoad(report)}`,
+    );
+    expect(report.samples).toEqual([]);
   }, 420_000);
 
   it("fences the app's own port with the operator's NetworkPolicy: another namespace reaches the sidecar, no longer the app", async () => {
@@ -528,21 +595,7 @@ describe("on a real node (kubelet, containerd, runc, kube-proxy)", () => {
     const patched = await mergePatch<ServedPolicy>(client, PATHS.policy(ns, name), {
       spec: { rateLimits: [...rateLimits, shared] },
     });
-    const generation = patched.metadata?.generation ?? 0;
-    await eventually(
-      "every sidecar runs the policy with the shared limit",
-      async () => {
-        for (const pod of running) {
-          const metrics = await request(`http://${pod.status?.podIP}:9901/metrics`, {
-            dispatcher: probeClient,
-          });
-          const served = /^portcullis_policy_info\{[^}]*generation="(\d+)"/m.exec(await metrics.body.text());
-          if (Number(served?.[1] ?? 0) < generation) return false;
-        }
-        return true;
-      },
-      150_000,
-    );
+    await everySidecarRuns(patched.metadata?.generation ?? 0);
 
     // Three budgets' worth, in turn to each pod's sidecar: one bucket between them lets through the
     // burst and what refills meanwhile (1/s), not a burst per sidecar.

@@ -20,6 +20,8 @@ export interface InClusterLoad {
 export interface Dialler {
   readonly namespace: string;
   dial(url: string): Promise<Answer>;
+  /** The same with request headers ("Name: value"), and the answer's JSON body (null when not JSON). */
+  dialWith(url: string, headers: readonly string[]): Promise<{ answer: Answer; body: unknown }>;
   /** New connections to `url` at `ratePerSecond` from inside the pod until the returned stop(). */
   startLoad(url: string, ratePerSecond: number): Promise<{ stop(): Promise<InClusterLoad> }>;
 }
@@ -55,7 +57,10 @@ export async function startDialler(client: KubeClient, namespace: string): Promi
     },
     120_000,
   );
-  const ask = async <T>(path: string, query: Record<string, string> = {}): Promise<T> => {
+  const ask = async <T>(
+    path: string,
+    query: Record<string, string> | [string, string][] = {},
+  ): Promise<T> => {
     const answer = await request(`http://${podIp}:${PORT}${path}?${new URLSearchParams(query)}`, {
       dispatcher: agent,
       headersTimeout: 30_000,
@@ -67,6 +72,8 @@ export async function startDialler(client: KubeClient, namespace: string): Promi
   return {
     namespace,
     dial: async (url) => (await ask<{ answer: Answer }>("/dial", { url })).answer,
+    dialWith: (url, headers) =>
+      ask("/dial", [["url", url], ...headers.map((h): [string, string] => ["header", h])]),
     async startLoad(url, ratePerSecond) {
       await ask("/load/start", { url, rate: String(ratePerSecond) });
       return { stop: () => ask<InClusterLoad>("/load/stop") };

@@ -8,6 +8,8 @@
 # go.mod pins the version and replaces github.com/vishvananda/netlink: kube-router v2.10.0 requires
 # an untagged netlink commit the module proxy does not serve; v1.3.1 (the newest release) builds.
 # v2.10.0 is the newest kube-router the proxy serves here (v2.11.x is listed but not downloadable).
+# To move to another version: change it in go.mod's require line, run `go mod tidy` here (drop the
+# netlink replace if that version's own netlink requirement is served), and the cache key follows.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

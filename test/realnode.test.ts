@@ -19,7 +19,7 @@ import { NODE_IP, type RealNode, startRealNode } from "./realnode/cluster.ts";
 import { type Dialler, type InClusterLoad, startDialler } from "./realnode/dialler.ts";
 import { buildFastapiImage, buildPortcullisImage } from "./realnode/images.ts";
 import { CONNECTION_FAILURES, type LoadReport, startLoad } from "./realnode/load.ts";
-import { issueControlPlanePki, issueServingCertificate } from "./support/controlplane-pki.ts";
+import { issueCertificateAuthority, issueServingCertificate } from "./support/controlplane-pki.ts";
 import { helm } from "./support/helm.ts";
 import {
   condition,
@@ -210,15 +210,9 @@ beforeAll(async () => {
 
   // The IdP listens on the node's address: pods reach it through their bridge's gateway.
   pkiDir = await mkdtemp(join(tmpdir(), "portcullis-idp-pki-"));
-  const pki = await issueControlPlanePki(pkiDir);
-  const serving = await issueServingCertificate(
-    pkiDir,
-    { certPath: pki.caCertPath, keyPath: pki.caKeyPath },
-    "idp",
-    "idp",
-    [`IP:${NODE_IP}`],
-  );
-  caBundle = await readFile(pki.caCertPath, "utf8");
+  const ca = await issueCertificateAuthority(pkiDir, "idp-ca", "idp-private-ca");
+  const serving = await issueServingCertificate(pkiDir, ca, "idp", "idp", [`IP:${NODE_IP}`]);
+  caBundle = await readFile(ca.certPath, "utf8");
   idp = await startIdentityProvider({
     host: NODE_IP,
     tls: {

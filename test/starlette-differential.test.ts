@@ -86,8 +86,20 @@ const PIECES = [
   "1.5",
   "x.json",
   "0123abcd-0123-4567-89ab-0123456789AB",
+  "0123abcd012345670123456789abcdef",
   "admin;x",
   "é",
+  "ADMIN",
+  "v2",
+  "1",
+  "1.",
+  ".json",
+  "a\\b",
+  ".",
+  "..",
+  "%2F",
+  "a b",
+  "?",
 ];
 
 const HANDPICKED = [

@@ -69,11 +69,15 @@ export async function startDialler(client: KubeClient, namespace: string): Promi
     if (answer.statusCode !== 200) throw new Error(`dialler ${path}: ${answer.statusCode}`);
     return (await answer.body.json()) as T;
   };
+  const dialWith = (url: string, headers: readonly string[]) =>
+    ask<{ answer: Answer; body: unknown }>("/dial", [
+      ["url", url],
+      ...headers.map((h): [string, string] => ["header", h]),
+    ]);
   return {
     namespace,
-    dial: async (url) => (await ask<{ answer: Answer }>("/dial", { url })).answer,
-    dialWith: (url, headers) =>
-      ask("/dial", [["url", url], ...headers.map((h): [string, string] => ["header", h])]),
+    dial: async (url) => (await dialWith(url, [])).answer,
+    dialWith,
     async startLoad(url, ratePerSecond) {
       await ask("/load/start", { url, rate: String(ratePerSecond) });
       return { stop: () => ask<InClusterLoad>("/load/stop") };

@@ -70,7 +70,8 @@ const TEMPLATES = [
   "/{anything:path}",
 ];
 
-// Control characters are left out: the proxy refuses them before matching (see the unquote test).
+// Control characters ("\n" among them) are left out: the proxy refuses them before matching (see the
+// unquote test below); rule-matcher.test.ts still holds the matcher to Python's `$` before a "\n".
 const PIECES = [
   "",
   "admin",
@@ -159,9 +160,9 @@ describe("compileRules against Starlette's Router, each rule's route declared bo
         else counts.redirected++;
       });
       // The corpus exercises every outcome, not just one.
-      expect(counts.served).toBeGreaterThan(250);
-      expect(counts.redirected).toBeGreaterThan(50);
-      if (templates.length < TEMPLATES.length) expect(counts.none).toBeGreaterThan(500);
+      expect(counts.served).toBeGreaterThan(1000);
+      expect(counts.redirected).toBeGreaterThan(1000);
+      if (templates.length < TEMPLATES.length) expect(counts.none).toBeGreaterThan(1000);
     },
   );
 

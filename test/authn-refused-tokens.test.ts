@@ -7,21 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
 import { KeySetRegistry, type RemoteKeySet } from "../proxy/authn/key-set.ts";
 import { type BearerVerifier, createBearerVerifier } from "../proxy/authn/verify-bearer.ts";
-import { examplePolicy, foreignKey, goodClaims, idpKey, sign } from "./support/authn.ts";
-
-/** Counts the key lookups (one per signature check) of the key set a verifier uses. */
-function countLookups(keySet: RemoteKeySet): { count(): number } {
-  const original = keySet.getKey;
-  let lookups = 0;
-  Object.defineProperty(keySet, "getKey", {
-    configurable: true,
-    value: (...args: Parameters<RemoteKeySet["getKey"]>) => {
-      lookups++;
-      return original(...args);
-    },
-  });
-  return { count: () => lookups };
-}
+import { countKeyLookups, examplePolicy, foreignKey, goodClaims, idpKey, sign } from "./support/authn.ts";
 
 async function reasonOf(verifier: BearerVerifier, token: string): Promise<string> {
   const result = await verifier.verify(token);
@@ -42,7 +28,7 @@ describe("refused tokens", () => {
     verifier = createBearerVerifier(examplePolicy(idp), { keySets: registry, now: () => nowMs });
     await verifier.ready();
     keySet = registry.acquire({ issuer: idp.issuer });
-    lookups = countLookups(keySet);
+    lookups = countKeyLookups(keySet);
   });
 
   afterAll(async () => {

@@ -7,6 +7,7 @@ import type { IdentityProvider } from "../../examples/idp.ts";
 import { type CompiledPolicy, compilePolicy } from "../../policy/compile.ts";
 import type { Issuer } from "../../policy/schema.ts";
 import { validatePolicyObject } from "../../policy/validate.ts";
+import type { RemoteKeySet } from "../../proxy/authn/key-set.ts";
 
 const POLICY_FILE = new URL("../../examples/fastapi/policy.yaml", import.meta.url);
 
@@ -99,4 +100,18 @@ export function handBuilt(header: unknown, payload: unknown, signature = ""): st
 function withoutAlg(key: JWK): JWK {
   const { alg: _alg, ...rest } = key;
   return rest;
+}
+
+/** Counts the key lookups (one per signature check) made through `keySet` from now on. */
+export function countKeyLookups(keySet: RemoteKeySet): { count(): number } {
+  const original = keySet.getKey;
+  let lookups = 0;
+  Object.defineProperty(keySet, "getKey", {
+    configurable: true,
+    value: (...args: Parameters<RemoteKeySet["getKey"]>) => {
+      lookups++;
+      return original(...args);
+    },
+  });
+  return { count: () => lookups };
 }

@@ -5,7 +5,6 @@
 // restored exactly. Whether a network plugin enforces it is the real-node suite's question.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { KubeClient, KubeObject } from "../operator/kube-client.ts";
-import { resourcePath } from "../operator/kube-client.ts";
 import {
   condition,
   create,
@@ -55,9 +54,8 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-const NETWORK_POLICY = (ns: string) =>
-  resourcePath("networking.k8s.io/v1", "networkpolicies", ns, "portcullis-orders-api");
-const getNetworkPolicy = (ns: string) => getOrUndefined<NetworkPolicy>(client, NETWORK_POLICY(ns));
+const getNetworkPolicy = (ns: string) =>
+  getOrUndefined<NetworkPolicy>(client, PATHS.networkPolicy(ns, "portcullis-orders-api"));
 const admittedPorts = (np: NetworkPolicy | undefined) =>
   np?.spec.ingress.flatMap((r) => r.ports.map((p) => p.port));
 

@@ -3,7 +3,7 @@
 // events, status, finalizer, release, ConfigMap deletion, leader election) with no request forbidden.
 // It watches a configured list of namespaces: a policy elsewhere is left alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type KubeClient, resourcePath } from "../operator/kube-client.ts";
+import type { KubeClient } from "../operator/kube-client.ts";
 import { CLUSTER_ROLE_NAME, clusterRole } from "../operator/rbac.ts";
 import type { ControlPlane } from "./support/controlplane.ts";
 import {
@@ -26,8 +26,6 @@ import {
 } from "./support/operator.ts";
 
 const SYSTEM_NAMESPACE = "portcullis-system";
-const networkPolicyPath = (ns: string) =>
-  resourcePath("networking.k8s.io/v1", "networkpolicies", ns, "portcullis-orders-api");
 const SERVICE_ACCOUNT = "portcullis-operator";
 
 let cp: ControlPlane;
@@ -90,7 +88,9 @@ describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
     await create(client, policy);
     await policyWhen(client, ns, "orders-api", "Ready", isReady);
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeDefined();
-    await eventually("the NetworkPolicy exists", () => getOrUndefined(client, networkPolicyPath(ns)));
+    await eventually("the NetworkPolicy exists", () =>
+      getOrUndefined(client, PATHS.networkPolicy(ns, "portcullis-orders-api")),
+    );
     await eventually("an Event was recorded", async () => {
       const events = await client.get<{ items: unknown[] }>(PATHS.events(ns));
       return events.items.length > 0;
@@ -108,7 +108,7 @@ describe("the operator bound to the ClusterRole of operator/rbac.ts", () => {
       userVisible(originalService),
     );
     expect(await getOrUndefined(client, PATHS.configMap(ns, "portcullis-orders-api"))).toBeUndefined();
-    expect(await getOrUndefined(client, networkPolicyPath(ns))).toBeUndefined();
+    expect(await getOrUndefined(client, PATHS.networkPolicy(ns, "portcullis-orders-api"))).toBeUndefined();
 
     const ignored = await client.get<ServedPolicy>(PATHS.policy("elsewhere", "orders-api"));
     expect(ignored.status).toBeUndefined();

@@ -188,10 +188,7 @@ async function everySidecarRuns(generation: number): Promise<void> {
 
 /** The operator's NetworkPolicy for the app, if it exists. */
 function fence() {
-  return getOrUndefined(
-    client,
-    `${resourcePath("networking.k8s.io/v1", "networkpolicies", ns)}/portcullis-${name}`,
-  );
+  return getOrUndefined(client, PATHS.networkPolicy(ns, `portcullis-${name}`));
 }
 
 async function serviceTargetsSidecar(): Promise<boolean> {

@@ -72,6 +72,8 @@ export const PATHS = {
   service: (ns: string, name?: string) => resourcePath("v1", "services", ns, name),
   configMap: (ns: string, name?: string) => resourcePath("v1", "configmaps", ns, name),
   secret: (ns: string, name?: string) => resourcePath("v1", "secrets", ns, name),
+  networkPolicy: (ns: string, name?: string) =>
+    resourcePath("networking.k8s.io/v1", "networkpolicies", ns, name),
   events: (ns: string) => resourcePath("v1", "events", ns),
 };
 

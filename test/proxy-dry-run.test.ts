@@ -4,11 +4,11 @@
 // In Enforce, a refusal's access line explains it exactly as `portcullis explain` would.
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type CompiledPolicy, compilePolicy } from "../policy/compile.ts";
+import type { CompiledPolicy } from "../policy/compile.ts";
 import { decide } from "../policy/decision.ts";
 import type { AccessPolicySpec } from "../policy/schema.ts";
-import { validatePolicyObject } from "../policy/validate.ts";
 import { createProxyMetrics, type ProxyMetrics } from "../proxy/metrics.ts";
+import { compileDocument } from "./support/example-policy.ts";
 import { identityOf, rawRequest, type Stack, startStack } from "./support/proxy.ts";
 
 /** The compiled example policy with its spec edited, validated and compiled again. */
@@ -16,15 +16,12 @@ function withSpec(
   policy: CompiledPolicy,
   edit: (spec: AccessPolicySpec) => AccessPolicySpec,
 ): CompiledPolicy {
-  const document = {
+  return compileDocument({
     apiVersion: "portcullis.dev/v1alpha1",
     kind: "AccessPolicy",
     metadata: { name: policy.name },
     spec: edit(structuredClone(policy.spec)),
-  };
-  const { policy: valid, problems } = validatePolicyObject(document);
-  if (!valid) throw new Error(`invalid policy: ${JSON.stringify(problems)}`);
-  return compilePolicy(valid);
+  });
 }
 
 function lineFor(stack: Stack, path: string, method = "GET"): Record<string, unknown> {

@@ -26,7 +26,8 @@ export function exampleDocument(issuer: string): ExampleDocument {
   return document;
 }
 
-export function compileDocument(document: ExampleDocument): CompiledPolicy {
+/** Validates and compiles any policy document (the example, edited, or one built in a test). */
+export function compileDocument(document: unknown): CompiledPolicy {
   const { policy, problems } = validatePolicyObject(document);
   if (!policy) throw new Error(`policy invalid: ${JSON.stringify(problems)}`);
   return compilePolicy(policy);

@@ -6,7 +6,7 @@ import { promisify } from "node:util";
 import { expect } from "vitest";
 
 const run = promisify(execFile);
-export const repoRoot = join(import.meta.dirname, "../..");
+const repoRoot = join(import.meta.dirname, "../..");
 
 export interface CliResult {
   code: number;

@@ -1,11 +1,4 @@
-// An IdP behind a private CA: the issuer's caBundle is what the sidecar trusts for that issuer's
-// discovery and JWKS fetches, and nothing else. A throw-away CA made by openssl, the real
-// oidc-provider over https on 127.0.0.1, the real FastAPI app under uvicorn, and the proxy (in
-// process, and as the sidecar runs it for its log line and metric).
-import { once } from "node:events";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createServer, type Server } from "node:https";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Agent, fetch as undiciFetch } from "undici";
@@ -142,16 +135,17 @@ describe("an issuer with a caBundle", () => {
   });
 
   it("a certificate from the right CA for another name: tls_name_mismatch", async () => {
-    const server: Server = createServer(
-      { cert: await readFile(wrongName.certPath), key: await readFile(wrongName.keyPath) },
-      (_req, res) => res.writeHead(200, { "content-type": "application/json" }).end('{"keys":[]}'),
-    );
-    server.listen(0, "127.0.0.1");
-    await once(server, "listening");
-    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
-    const origin = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    // The real IdP, serving a certificate the right CA issued for another name.
+    const misnamed = await startIdentityProvider({
+      tls: {
+        cert: await readFile(wrongName.certPath, "utf8"),
+        key: await readFile(wrongName.keyPath, "utf8"),
+        ca: idpCa,
+      },
+    });
+    cleanups.push(() => misnamed.stop());
     const set = new RemoteKeySet(
-      { issuer: origin, jwksUri: `${origin}/jwks`, caBundle: idpCa },
+      { issuer: misnamed.issuer, jwksUri: misnamed.jwksUri, caBundle: idpCa },
       { retryMinMs: 60_000 },
     );
     cleanups.push(() => set.close());

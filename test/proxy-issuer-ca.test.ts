@@ -1,3 +1,7 @@
+// An IdP behind a private CA: the issuer's caBundle is what the sidecar trusts for that issuer's
+// discovery and JWKS fetches, and nothing else. A throw-away CA made by openssl, the real
+// oidc-provider over https on 127.0.0.1, the real FastAPI app under uvicorn, and the proxy (in
+// process, and as the sidecar runs it for its log line and metric).
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -43,17 +43,8 @@ async function sidecarAndApp(assertion: boolean): Promise<{ proxy: ProxyProcess;
     : {};
   const app = await startUpstream({ port: appPort, env });
   stops.push(() => app.stop());
-  await waitUntilReady(proxy);
+  await proxy.waitForLine((line) => line.msg === "ready");
   return { proxy, app };
-}
-
-async function waitUntilReady(proxy: ProxyProcess): Promise<void> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const response = await fetch(`${proxy.adminUrl}/readyz`).catch(() => undefined);
-    if (response?.status === 200) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error("the sidecar did not become ready");
 }
 
 async function me(

@@ -80,7 +80,7 @@ export interface IdentityProvider {
   /** How many discovery, JWKS and token requests arrived since start (or resetCounts). */
   counts(): IdpRequestCounts;
   resetCounts(): void;
-  /** Closes the port and every connection: an outage. */
+  /** Closes the port and every connection (token()'s TLS client too): an outage. */
   stop(): Promise<void>;
   /** Listens again on the same port with the same keys. */
   start(): Promise<void>;
@@ -150,7 +150,12 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
   await once(server, "listening");
   const port = (server.address() as AddressInfo).port;
   const issuer = `${options.tls ? "https" : "http"}://${host.includes(":") ? `[${host}]` : host}:${port}`;
-  const tokenClient = options.tls ? new Agent({ connect: { ca: options.tls.ca } }) : undefined;
+  // token()'s TLS client trusts the IdP's CA; made on first use and closed by stop() (start() may follow).
+  let tokenClient: Agent | undefined;
+  const tokenDispatcher = (): Agent | undefined => {
+    if (options.tls) tokenClient ??= new Agent({ connect: { ca: options.tls.ca } });
+    return tokenClient;
+  };
 
   let current = await newSigningKeys(1);
   let previous: JWK[] = [];
@@ -220,8 +225,9 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
       const basic = Buffer.from(`${encodeURIComponent(clientId)}:${encodeURIComponent(secret)}`).toString(
         "base64",
       );
+      const dispatcher = tokenDispatcher();
       const response = await fetch(tokenEndpoint, {
-        ...(tokenClient ? { dispatcher: tokenClient } : {}),
+        ...(dispatcher ? { dispatcher } : {}),
         method: "POST",
         headers: { authorization: `Basic ${basic}`, "content-type": "application/x-www-form-urlencoded" },
         body: form,
@@ -251,11 +257,15 @@ export async function startIdentityProvider(options: IdpOptions = {}): Promise<I
       counts.token = 0;
     },
     async stop() {
-      if (!server.listening) return;
-      const closed = once(server, "close");
-      server.close();
-      server.closeAllConnections();
-      await closed;
+      if (server.listening) {
+        const closed = once(server, "close");
+        server.close();
+        server.closeAllConnections();
+        await closed;
+      }
+      const client = tokenClient;
+      tokenClient = undefined;
+      await client?.close();
     },
     async start() {
       if (server.listening) return;

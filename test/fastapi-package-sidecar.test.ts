@@ -43,17 +43,8 @@ async function sidecarAndApp(assertion: boolean): Promise<{ proxy: ProxyProcess;
     : {};
   const app = await startUpstream({ port: appPort, env });
   stops.push(() => app.stop());
-  await waitUntilReady(proxy);
+  await proxy.waitForLine((line) => line.msg === "ready");
   return { proxy, app };
-}
-
-async function waitUntilReady(proxy: ProxyProcess): Promise<void> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const response = await fetch(`${proxy.adminUrl}/readyz`).catch(() => undefined);
-    if (response?.status === 200) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error("the sidecar did not become ready");
 }
 
 async function me(
@@ -197,14 +188,28 @@ describe("the example app with portcullis-fastapi, the policy's signed assertion
     expect(status).toBe(401);
     expect(body.type).toBe("https://portcullis.dev/problems/invalid-assertion");
   });
+
+  it("gives 401 to a forged assertion under the sidecar's real kid, signed with the attacker's own key", async () => {
+    // The kid is public (the admin listener's /jwks.json): the signature, not the kid, must decide.
+    const jwks = (await (await fetch(`${proxy.adminUrl}/jwks.json`)).json()) as { keys: { kid?: string }[] };
+    const kid = jwks.keys[0]?.kid;
+    expect(kid).toEqual(expect.any(String));
+    const forged = await foreignAssertion(String(kid));
+    const { status, body } = await me(app.url, { ...FORGED, "X-Auth-Assertion": forged });
+    expect(status).toBe(401);
+    expect(body.type).toBe("https://portcullis.dev/problems/invalid-assertion");
+    // The sidecar's own assertion under that kid passes: what the app refused is the signature.
+    const through = await me(proxy.url, { authorization: `Bearer ${tokens.reader}` });
+    expect(through.status).toBe(200);
+  });
 });
 
-/** An assertion shaped exactly like the sidecar's, signed with a fresh Ed25519 key. */
-async function foreignAssertion(): Promise<string> {
+/** An assertion shaped exactly like the sidecar's, signed with a fresh Ed25519 key (the attacker's). */
+async function foreignAssertion(kid = "not-the-sidecars"): Promise<string> {
   const { generateKeyPair, SignJWT } = await import("jose");
   const { privateKey } = await generateKeyPair("EdDSA");
   return new SignJWT({ roles: ["admin"], scope: "orders.admin", client_id: "admin", idp: idp.issuer })
-    .setProtectedHeader({ alg: "EdDSA", typ: "portcullis-assertion+jwt", kid: "not-the-sidecars" })
+    .setProtectedHeader({ alg: "EdDSA", typ: "portcullis-assertion+jwt", kid })
     .setIssuer("portcullis")
     .setAudience("orders-api")
     .setSubject("root")

@@ -72,7 +72,7 @@ export async function venvInputs(): Promise<string[]> {
 }
 
 /** What goes into the portcullis-fastapi wheel: pyproject.toml, README.md and src/ (no bytecode). */
-export async function packageSources(): Promise<string[]> {
+async function packageSources(): Promise<string[]> {
   const files = [join(sdkDir, "pyproject.toml"), join(sdkDir, "README.md")];
   const visit = async (dir: string): Promise<void> => {
     for (const entry of (await readdir(dir, { withFileTypes: true })).sort((a, b) =>

@@ -49,6 +49,28 @@ def test_half_an_assertion_configuration_is_an_error_not_a_silent_fallback() -> 
         IdentitySettings.from_env({"PORTCULLIS_JWKS_URL": "http://127.0.0.1:9901/jwks.json"})
 
 
+
+def test_from_env_keeps_the_default_assertions_other_settings() -> None:
+    default = AssertionSettings(
+        audience="orders-api", leeway_seconds=30, refetch_cooldown_seconds=60, fetch_timeout_seconds=7
+    )
+    settings = IdentitySettings.from_env({"PORTCULLIS_ASSERTION_AUDIENCE": "billing-api"}, assertion=default)
+    assert settings.assertion == AssertionSettings(
+        audience="billing-api", leeway_seconds=30, refetch_cooldown_seconds=60, fetch_timeout_seconds=7
+    )
+
+
+def test_from_env_takes_the_audience_from_the_default_assertion() -> None:
+    default = AssertionSettings(audience="orders-api", leeway_seconds=30)
+    settings = IdentitySettings.from_env(
+        {"PORTCULLIS_JWKS_URL": "http://127.0.0.1:9911/jwks.json", "PORTCULLIS_ASSERTION_HEADER": "X-Signed"},
+        assertion=default,
+    )
+    assert settings.assertion == AssertionSettings(
+        audience="orders-api", header="X-Signed", jwks_url="http://127.0.0.1:9911/jwks.json", leeway_seconds=30
+    )
+    assert IdentitySettings.from_env({}, assertion=default).assertion is default
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -55,7 +55,8 @@ def verify_assertion(token: str, key: jwt.PyJWK, settings: AssertionSettings) ->
     except jwt.PyJWTError as error:
         raise _invalid(str(error)) from None
     except (OverflowError, ValueError, TypeError) as error:
-        # A signed but absurd NumericDate (1e400): refused, never a 500.
+        # A signed but absurd NumericDate (1e400, a list): refused, never a 500. PyJWT 2.15 turns these into
+        # DecodeError itself, but 2.8-2.12 (pyproject allows >=2.8) let int()'s OverflowError/TypeError out.
         raise _invalid(f"bad claim value ({error})") from None
     subject = claims.get("sub")
     roles = claims.get("roles", [])

@@ -24,12 +24,6 @@ class Identity:
     source: IdentitySource = "headers"
     """Where this identity was read: plain headers, the verified assertion, or the development mode."""
 
-    def has_role(self, role: str) -> bool:
-        return role in self.roles
-
-    def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
-
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view (roles and scopes sorted)."""
         return {

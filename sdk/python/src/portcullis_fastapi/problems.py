@@ -89,10 +89,8 @@ def missing_scopes() -> IdentityProblem:
     )
 
 
-async def problem_response(request: Request, exc: Exception) -> JSONResponse:
-    """The exception handler `setup()` installs for IdentityProblem."""
-    if not isinstance(exc, IdentityProblem):  # registered for IdentityProblem only
-        raise exc
+async def problem_response(request: Request, exc: IdentityProblem) -> JSONResponse:
+    """The exception handler `setup()` installs for IdentityProblem (so Starlette passes only those)."""
     body = {"type": exc.type, "title": exc.title, "status": exc.status_code, "detail": exc.detail}
     request_id = request.headers.get("x-request-id")
     if request_id is not None:

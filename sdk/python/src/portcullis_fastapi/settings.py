@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,27 +120,30 @@ class IdentitySettings:
         claims = read("CLAIM_HEADERS")
         if claims is not None:
             values["claim_headers"] = _parse_claim_headers(claims)
-        audience = read("ASSERTION_AUDIENCE")
-        if audience is not None:
-            base = values.get("assertion")
-            options: dict[str, Any] = {}
-            if isinstance(base, AssertionSettings):
-                options = {"header": base.header, "jwks_url": base.jwks_url}
-            header = read("ASSERTION_HEADER")
-            jwks_url = read("JWKS_URL")
-            if header is not None:
-                options["header"] = header
-            if jwks_url is not None:
-                options["jwks_url"] = jwks_url
-            values["assertion"] = AssertionSettings(audience=audience, **options)
-        else:
-            # Half an assertion configuration must not quietly fall back to trusting plain headers.
-            for variable in ("ASSERTION_HEADER", "JWKS_URL"):
-                if read(variable) is not None:
-                    raise ValueError(
-                        f"{ENV_PREFIX}{variable} is set but {ENV_PREFIX}ASSERTION_AUDIENCE is not: "
-                        "set it to the AccessPolicy's metadata.name to require the signed assertion"
-                    )
+        base = values.get("assertion")
+        base = base if isinstance(base, AssertionSettings) else None
+        options: dict[str, Any] = {}
+        for attribute, variable in (
+            ("audience", "ASSERTION_AUDIENCE"),
+            ("header", "ASSERTION_HEADER"),
+            ("jwks_url", "JWKS_URL"),
+        ):
+            value = read(variable)
+            if value is not None:
+                options[attribute] = value
+        if options:
+            if base is not None:
+                # The variables override their fields only: leeway, cooldown, timeout stay the caller's.
+                values["assertion"] = replace(base, **options)
+            elif "audience" in options:
+                values["assertion"] = AssertionSettings(**options)
+            else:
+                # Half an assertion configuration must not quietly fall back to trusting plain headers.
+                variable = "ASSERTION_HEADER" if "header" in options else "JWKS_URL"
+                raise ValueError(
+                    f"{ENV_PREFIX}{variable} is set but {ENV_PREFIX}ASSERTION_AUDIENCE is not: "
+                    "set it to the AccessPolicy's metadata.name to require the signed assertion"
+                )
         return cls(**values)
 
 

@@ -55,8 +55,6 @@ class SidecarKeys:
         self._lock = threading.Lock()
         self._last_attempt: float | None = None
         self._last_error: str | None = None
-        self.fetches = 0
-        """How many fetches were attempted (for tests and metrics)."""
 
     def cached(self, kid: str) -> jwt.PyJWK | None:
         """The key if it is already known; never fetches."""
@@ -80,7 +78,6 @@ class SidecarKeys:
                     raise KeysUnavailable(self._last_error)
                 return None
             self._last_attempt = now
-            self.fetches += 1
             try:
                 self._keys = self._fetch()
             except KeysUnavailable as error:

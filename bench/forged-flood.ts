@@ -83,7 +83,7 @@ async function runProxy(upstream: string, issuer: string): Promise<void> {
     const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
     document.spec.authentication.issuers[0].issuer = issuer;
     if (limit) document.spec.authentication.failedAuthenticationLimit = { perSecond: 10, burst: 20 };
-    const { policy, problems } = validatePolicyObject(document);
+    const { policy, problems } = validatePolicyObject(document, Date.now());
     if (!policy) throw new Error(JSON.stringify(problems));
     return compilePolicy(policy);
   };

@@ -23,7 +23,7 @@ function policyFor(idp: IdentityProvider) {
   const text = readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8");
   const document = parse(text) as { spec: { authentication: { issuers: { issuer: string }[] } } };
   document.spec.authentication.issuers[0]!.issuer = idp.issuer;
-  const { policy, problems } = validatePolicyObject(document);
+  const { policy, problems } = validatePolicyObject(document, Date.now());
   if (!policy) throw new Error(JSON.stringify(problems));
   return compilePolicy(policy);
 }

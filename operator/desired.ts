@@ -177,12 +177,16 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
   const name = policy.metadata.name ?? "";
   const namespace = policy.metadata.namespace ?? "";
   const deleting = Boolean(policy.metadata.deletionTimestamp);
-  const validation = validatePolicyObject({
-    apiVersion: policy.apiVersion,
-    kind: policy.kind,
-    metadata: { name, namespace, generation: policy.metadata.generation },
-    spec: policy.spec,
-  });
+  const validation = validatePolicyObject(
+    {
+      apiVersion: policy.apiVersion,
+      kind: policy.kind,
+      metadata: { name, namespace, generation: policy.metadata.generation },
+      spec: policy.spec,
+    },
+    // CA expiry judged at the input's moment, not the wall clock's.
+    Date.parse(input.now),
+  );
   const accepted = acceptedVerdict(validation.problems, validation.policy !== undefined);
   const ctx: Context = {
     input,

@@ -30,11 +30,12 @@ const RESERVED_HEADERS = new Set([
   "traceparent",
 ]);
 
-export function checkSemantics(spec: AccessPolicySpec): Problem[] {
+/** `nowMs` (epoch ms): when a CA certificate counts as expired; the caller's clock, never read here. */
+export function checkSemantics(spec: AccessPolicySpec, nowMs: number): Problem[] {
   return [
     ...checkSelector(spec),
     ...checkPorts(spec),
-    ...checkIssuers(spec),
+    ...checkIssuers(spec, nowMs),
     ...checkRules(spec),
     ...checkRoles(spec),
     ...checkIdentityHeaders(spec),
@@ -83,7 +84,7 @@ function checkPorts(spec: AccessPolicySpec): Problem[] {
   return problems;
 }
 
-function checkIssuers(spec: AccessPolicySpec): Problem[] {
+function checkIssuers(spec: AccessPolicySpec, nowMs: number): Problem[] {
   const problems: Problem[] = [];
   const seen = new Set<string>();
   spec.authentication.issuers.forEach((issuer, i) => {
@@ -93,7 +94,7 @@ function checkIssuers(spec: AccessPolicySpec): Problem[] {
     problems.push(...checkFetchUrl(`${at}.issuer`, issuer.issuer));
     if (issuer.jwksUri !== undefined) problems.push(...checkFetchUrl(`${at}.jwksUri`, issuer.jwksUri));
     if (issuer.caBundle !== undefined) {
-      problems.push(...checkCaBundle(`${at}.caBundle`, issuer.caBundle));
+      problems.push(...checkCaBundle(`${at}.caBundle`, issuer.caBundle, nowMs));
       if ((issuer.jwksUri ?? issuer.issuer).startsWith("http:"))
         problems.push(warning(`${at}.caBundle`, "has no effect: the keys are fetched over plain http"));
     }
@@ -116,8 +117,8 @@ function checkFetchUrl(path: string, value: string): Problem[] {
   return [error(path, `unsupported scheme ${url.protocol}`)];
 }
 
-/** Every PEM block a CA certificate; expired ones warned about (fetches would fail on them). */
-function checkCaBundle(path: string, pem: string): Problem[] {
+/** Every PEM block a CA certificate; ones expired at `nowMs` warned about (fetches would fail on them). */
+function checkCaBundle(path: string, pem: string, nowMs: number): Problem[] {
   // A pasted key (or a CSR) would be published to everyone who can read the policy: refuse it by name.
   const others = [...pem.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----/g)]
     .map((match) => match[1])
@@ -149,7 +150,7 @@ function checkCaBundle(path: string, pem: string): Problem[] {
           `certificate ${i + 1} (${certificate.subject.replaceAll("\n", ", ")}) is not a CA certificate`,
         ),
       );
-    else if (Date.parse(certificate.validTo) < Date.now())
+    else if (Date.parse(certificate.validTo) < nowMs)
       problems.push(warning(path, `certificate ${i + 1} expired on ${certificate.validTo}`));
   });
   return problems;

@@ -11,15 +11,17 @@ export interface Validation {
   problems: Problem[];
 }
 
-export function validatePolicyText(text: string): Validation {
+// `nowMs` (epoch ms) is the moment CA certificates' expiry is judged at: passed in, never read here,
+// so the operator's desired() stays a function of its input.
+export function validatePolicyText(text: string, nowMs: number): Validation {
   const parsed = parseYaml(text);
   if (!parsed.ok) return { problems: parsed.problems };
-  return validatePolicyObject(parsed.value);
+  return validatePolicyObject(parsed.value, nowMs);
 }
 
-export function validatePolicyObject(value: unknown): Validation {
+export function validatePolicyObject(value: unknown, nowMs: number): Validation {
   const checked = checkSchema(value);
   if (!checked.ok) return { problems: checked.problems };
-  const problems = checkSemantics(checked.value.spec);
+  const problems = checkSemantics(checked.value.spec, nowMs);
   return hasErrors(problems) ? { problems } : { policy: checked.value, problems };
 }

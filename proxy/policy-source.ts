@@ -193,7 +193,7 @@ export async function readPolicyFile(file: string): Promise<PolicyRead> {
     };
   }
   const hash = createHash("sha256").update(text).digest("hex");
-  const { policy: document, problems } = validatePolicyText(text);
+  const { policy: document, problems } = validatePolicyText(text, Date.now());
   if (!document || hasErrors(problems)) return { hash, problems };
   try {
     const generation = document.metadata?.generation;

@@ -91,7 +91,7 @@ describe("the generated CRD on a real kube-apiserver", () => {
     const created = await create(policy("orders-api"));
     expect(created.ok, created.ok ? "" : created.message).toBe(true);
     if (!created.ok) return;
-    const local = validatePolicyObject(policy("orders-api"));
+    const local = validatePolicyObject(policy("orders-api"), Date.now());
     expect(local.policy).toBeDefined();
     expect(created.object.spec).toEqual(local.policy?.spec);
   });
@@ -111,7 +111,7 @@ describe("the generated CRD on a real kube-apiserver", () => {
     const created = await create(minimal);
     expect(created.ok, created.ok ? "" : created.message).toBe(true);
     if (!created.ok) return;
-    expect(created.object.spec).toEqual(validatePolicyObject(minimal).policy?.spec);
+    expect(created.object.spec).toEqual(validatePolicyObject(minimal, Date.now()).policy?.spec);
   });
 
   const invalid: [string, (spec: AccessPolicySpec) => void, RegExp][] = [
@@ -171,7 +171,7 @@ describe("the generated CRD on a real kube-apiserver", () => {
     const created = await create(body);
     expect(created.ok).toBe(false);
     if (!created.ok) expect(created.message).toMatch(message);
-    const local = validatePolicyObject(body);
+    const local = validatePolicyObject(body, Date.now());
     expect(local.policy).toBeUndefined();
     expect(local.problems.filter((p) => p.severity === "error").length).toBeGreaterThan(0);
   });

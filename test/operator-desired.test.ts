@@ -1,6 +1,8 @@
 // The reconcile core, pure: fixture objects in, apply bodies, status and events out. A small fake of
 // server-side apply (test-only) feeds the output back in to check that a second reconcile is silent.
 
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import type {
   V1ConfigMap,
   V1Container,
@@ -9,7 +11,7 @@ import type {
   V1PodSpec,
   V1Service,
 } from "@kubernetes/client-node";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   FINALIZER,
   type OperatorConfig,
@@ -84,7 +86,7 @@ function policy(
     spec: { ...SPEC, ...changes.spec },
   };
   // As the API server serves it: defaulted by the CRD schema.
-  const checked = validatePolicyObject(raw).policy;
+  const checked = validatePolicyObject(raw, Date.now()).policy;
   const spec = checked?.spec ?? (raw.spec as unknown as AccessPolicy["spec"]);
   return {
     apiVersion: "portcullis.dev/v1alpha1",
@@ -959,7 +961,7 @@ describe("the ConfigMap", () => {
         },
       ],
     });
-    const read = validatePolicyText(body?.data["policy.yaml"] ?? "");
+    const read = validatePolicyText(body?.data["policy.yaml"] ?? "", Date.now());
     expect(read.problems.filter((p) => p.severity === "error")).toEqual([]);
     expect(read.policy?.metadata).toEqual({ name: "orders-api", namespace: NS, generation: 1 });
     expect(read.policy?.spec).toEqual(policy().spec);
@@ -1371,6 +1373,30 @@ describe("status", () => {
       message: expect.stringContaining("empty selector"),
     });
     expect(out.deployments).toEqual([]);
+  });
+
+  it("judges a CA's expiry at input.now, not the wall clock: same input, same Accepted message", () => {
+    // expired-ca.pem is valid 2020-01-01 .. 2020-01-02.
+    const pem = readFileSync(join(import.meta.dirname, "fixtures/expired-ca.pem"), "utf8");
+    const issuers = [{ issuer: "https://idp.example.com", audiences: ["api://orders"], caBundle: pem }];
+    const p = policy("orders-api", { spec: { authentication: { issuers } } });
+    const acceptedAt = (now: string, wallClock: string) => {
+      vi.useFakeTimers({ toFake: ["Date"], now: Date.parse(wallClock) });
+      try {
+        return desired(input({ policy: p, policiesInNamespace: [p], now }), CONFIG).status.conditions?.find(
+          (c) => c.type === "Accepted",
+        );
+      } finally {
+        vi.useRealTimers();
+      }
+    };
+    const before = acceptedAt("2019-12-31T00:00:00Z", "2030-01-01T00:00:00Z");
+    expect(before).toMatchObject({ status: "True" });
+    expect(before?.message).not.toContain("expired");
+    expect(acceptedAt("2019-12-31T00:00:00Z", "2019-06-01T00:00:00Z")).toEqual(before);
+    const after = acceptedAt(NOW, "2019-06-01T00:00:00Z");
+    expect(after?.message).toContain("certificate 1 expired on Jan  2 00:00:00 2020 GMT");
+    expect(acceptedAt(NOW, "2030-01-01T00:00:00Z")).toEqual(after);
   });
 });
 

@@ -196,7 +196,7 @@ describe("the example policy on the example app", () => {
     const configMap = await client.get<KubeObject & { data: Record<string, string> }>(
       PATHS.configMap(ns, "portcullis-orders-api"),
     );
-    const validated = validatePolicyText(configMap.data["policy.yaml"] ?? "");
+    const validated = validatePolicyText(configMap.data["policy.yaml"] ?? "", Date.now());
     expect(validated.problems.filter((p) => p.severity === "error")).toEqual([]);
     expect(validated.policy?.metadata?.name).toBe("orders-api");
     expect(configMap.metadata?.ownerReferences?.[0]).toMatchObject({

@@ -41,7 +41,7 @@ afterAll(async () => {
 function check(caBundle: string, issuer = "https://idp.corp.example") {
   const document = exampleDocument(issuer);
   document.spec.authentication.issuers[0]!.caBundle = caBundle;
-  const { policy, problems } = validatePolicyObject(document);
+  const { policy, problems } = validatePolicyObject(document, Date.now());
   return {
     valid: policy !== undefined,
     problems: problems.filter((p) => p.path === AT).map((p) => `${p.severity}: ${p.message}`),
@@ -114,7 +114,7 @@ describe("issuer caBundle", () => {
     expect(LIMITS.caBundle).toBe(65536);
     const document = exampleDocument("https://idp.corp.example");
     document.spec.authentication.issuers[0]!.caBundle = caA.repeat(Math.ceil(65537 / caA.length));
-    const { policy, problems } = validatePolicyObject(document);
+    const { policy, problems } = validatePolicyObject(document, Date.now());
     expect(policy).toBeUndefined();
     expect(problems).toEqual([expect.objectContaining({ severity: "error", path: AT })]);
   });

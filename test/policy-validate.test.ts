@@ -25,7 +25,7 @@ async function cli(...args: string[]) {
 
 describe("validatePolicyText", () => {
   it("accepts the example policy and applies defaults", () => {
-    const { policy, problems } = validatePolicyText(readFileSync(examplePolicy, "utf8"));
+    const { policy, problems } = validatePolicyText(readFileSync(examplePolicy, "utf8"), Date.now());
     expect(problems.filter((p) => p.severity === "error")).toEqual([]);
     expect(policy?.spec.authentication.issuers[0]?.clockSkewSeconds).toBe(30);
     expect(policy?.spec.sidecar.adminPort).toBe(9901);
@@ -36,12 +36,13 @@ describe("validatePolicyText", () => {
   it("accepts the design draft as it stands", () => {
     const { problems } = validatePolicyText(
       readFileSync("/work/shared/design/accesspolicy.example.yaml", "utf8"),
+      Date.now(),
     );
     expect(problems.filter((p) => p.severity === "error")).toEqual([]);
   });
 
   it("reports every one of five mistakes with its path", () => {
-    const { policy, problems } = validatePolicyText(readFileSync(fiveMistakes, "utf8"));
+    const { policy, problems } = validatePolicyText(readFileSync(fiveMistakes, "utf8"), Date.now());
     expect(policy).toBeUndefined();
     const errors = problems.filter((p) => p.severity === "error").map((p) => `${p.path}: ${p.message}`);
     expect(errors).toEqual(
@@ -57,19 +58,22 @@ describe("validatePolicyText", () => {
   });
 
   it("reports schema errors with precise paths, all at once", () => {
-    const { problems } = validatePolicyObject({
-      apiVersion: "portcullis.dev/v1alpha1",
-      kind: "AccessPolicy",
-      spec: {
-        selector: { matchLabels: { app: "x" } },
-        upstream: { port: 8000, timeoutSecond: 3 },
-        authentication: { issuers: [] },
-        authorization: {
-          defaultAction: "Maybe",
-          rules: [{ name: "a", paths: [3], methods: ["GOT"], public: true }],
+    const { problems } = validatePolicyObject(
+      {
+        apiVersion: "portcullis.dev/v1alpha1",
+        kind: "AccessPolicy",
+        spec: {
+          selector: { matchLabels: { app: "x" } },
+          upstream: { port: 8000, timeoutSecond: 3 },
+          authentication: { issuers: [] },
+          authorization: {
+            defaultAction: "Maybe",
+            rules: [{ name: "a", paths: [3], methods: ["GOT"], public: true }],
+          },
         },
       },
-    });
+      Date.now(),
+    );
     expect(problems.map(formatProblem)).toEqual([
       "error: spec.upstream.timeoutSecond: unknown field",
       "error: spec.authentication.issuers: must have at least 1 item",
@@ -83,7 +87,7 @@ describe("validatePolicyText", () => {
     const text = readFileSync(examplePolicy, "utf8")
       .replace("anyRole: [writer]", "anyRole: [writer, auditor]")
       .replace('paths: ["/internal/{rest:path}"]', 'paths: ["/admin/{rest:path}"]');
-    const { policy, problems } = validatePolicyText(text);
+    const { policy, problems } = validatePolicyText(text, Date.now());
     expect(policy).toBeDefined();
     expect(problems.map(formatProblem)).toEqual([
       'warning: spec.authorization.rules[6]: rule "internal" never applies: rule "admin" comes first and matches all its requests',
@@ -93,7 +97,7 @@ describe("validatePolicyText", () => {
 
   it("knows a rule's trailing '/' does not matter: /audit/ after /audit never applies", () => {
     const text = readFileSync(examplePolicy, "utf8").replace('paths: ["/me"]', 'paths: ["/audit/"]');
-    const { problems } = validatePolicyText(text);
+    const { problems } = validatePolicyText(text, Date.now());
     expect(problems.map(formatProblem)).toEqual([
       'warning: spec.authorization.rules[8]: rule "me" never applies: rule "audit" comes first and matches all its requests',
     ]);
@@ -106,7 +110,7 @@ describe("validatePolicyText", () => {
     ["wrong kind", "apiVersion: v1\nkind: ConfigMap\n", 'apiVersion: must be "portcullis.dev/v1alpha1"'],
     ["duplicate keys", "kind: A\nkind: B\n", "not valid YAML"],
   ])("rejects %s with a clear message", (_, text, message) => {
-    const { policy, problems } = validatePolicyText(text);
+    const { policy, problems } = validatePolicyText(text, Date.now());
     expect(policy).toBeUndefined();
     expect(problems.map(formatProblem).join("\n")).toContain(message);
   });
@@ -124,7 +128,7 @@ describe("validatePolicyText", () => {
       },
       JSON.parse('{"__proto__": {"polluted": true}, "spec": {"constructor": {"prototype": {}}}}'),
     ];
-    for (const value of hostile) expect(validatePolicyObject(value).policy).toBeUndefined();
+    for (const value of hostile) expect(validatePolicyObject(value, Date.now()).policy).toBeUndefined();
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
 });

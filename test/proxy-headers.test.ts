@@ -19,7 +19,7 @@ function policy(
 ): CompiledPolicy {
   const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
   edit(document.spec);
-  const { policy: valid, problems } = validatePolicyObject(document);
+  const { policy: valid, problems } = validatePolicyObject(document, Date.now());
   if (!valid) throw new Error(JSON.stringify(problems));
   return compilePolicy(valid);
 }

@@ -169,7 +169,7 @@ export async function examplePortcullis(
     readFileSync(new URL("../../examples/fastapi/policy.yaml", import.meta.url), "utf8"),
   );
   document.spec.authentication.issuers[0].issuer = issuer;
-  const { policy: valid, problems } = validatePolicyObject(document);
+  const { policy: valid, problems } = validatePolicyObject(document, Date.now());
   if (!valid) throw new Error(JSON.stringify(problems));
   const policy = compilePolicy(valid);
   const runtime = { policy, verifier: createBearerVerifier(policy, { keySets: new KeySetRegistry() }) };

@@ -56,7 +56,7 @@ export function readYaml(file: string): unknown {
 
 /** A policy that passes `portcullis validate`, compiled as the proxy compiles it. */
 export function readPolicy(file: string): CompiledPolicy {
-  const { policy, problems } = validatePolicyText(readText(file));
+  const { policy, problems } = validatePolicyText(readText(file), Date.now());
   if (policy === undefined) {
     const errors = problems.filter((p) => p.severity === "error");
     throw new InputError(

@@ -17,7 +17,7 @@ function validateFile(file: string): boolean {
     console.error(`${file}: cannot read: ${code === "ENOENT" ? "no such file" : (code ?? String(e))}`);
     return false;
   }
-  const { problems } = validatePolicyText(text);
+  const { problems } = validatePolicyText(text, Date.now());
   for (const problem of problems) console.log(`${file}: ${formatProblem(problem)}`);
   const ok = !hasErrors(problems);
   const errors = problems.filter((p) => p.severity === "error").length;

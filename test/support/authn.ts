@@ -18,7 +18,7 @@ export function examplePolicy(idp: IdentityProvider, overrides: Partial<Issuer> 
   };
   const issuer = document.spec.authentication.issuers[0]!;
   Object.assign(issuer, { issuer: idp.issuer, ...overrides });
-  const { policy, problems } = validatePolicyObject(document);
+  const { policy, problems } = validatePolicyObject(document, Date.now());
   if (!policy) throw new Error(`example policy invalid: ${JSON.stringify(problems)}`);
   return compilePolicy(policy);
 }

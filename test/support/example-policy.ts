@@ -28,7 +28,7 @@ export function exampleDocument(issuer: string): ExampleDocument {
 
 /** Validates and compiles any policy document (the example, edited, or one built in a test). */
 export function compileDocument(document: unknown): CompiledPolicy {
-  const { policy, problems } = validatePolicyObject(document);
+  const { policy, problems } = validatePolicyObject(document, Date.now());
   if (!policy) throw new Error(`policy invalid: ${JSON.stringify(problems)}`);
   return compilePolicy(policy);
 }

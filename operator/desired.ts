@@ -10,6 +10,7 @@ import type {
   V1Deployment,
   V1LabelSelector,
   V1NetworkPolicy,
+  V1ObjectMeta,
   V1Service,
   V1Volume,
 } from "@kubernetes/client-node";
@@ -609,11 +610,7 @@ function fenceIntent(
   const body: NetworkPolicyApply = {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
-    metadata: {
-      name,
-      namespace: ctx.namespace,
-      labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [POLICY_LABEL]: ctx.name },
-    },
+    metadata: ownedMetadata(ctx, name),
     spec: {
       podSelector,
       policyTypes: ["Ingress"],
@@ -622,17 +619,8 @@ function fenceIntent(
       ],
     },
   };
-  const uid = ctx.input.policy.metadata.uid;
-  if (uid) {
-    body.metadata.ownerReferences = [
-      { apiVersion: API_VERSION, kind: KIND, name: ctx.name, uid, controller: true },
-    ];
-  }
   const upToDate =
-    seen !== undefined &&
-    canonicalJson(seen.spec) === canonicalJson(body.spec) &&
-    Object.entries(body.metadata.labels).every(([k, v]) => seen.metadata?.labels?.[k] === v) &&
-    (!uid || (seen.metadata?.ownerReferences ?? []).some((r) => r.uid === uid && r.controller));
+    seen !== undefined && canonicalJson(seen.spec) === canonicalJson(body.spec) && ownedUpToDate(seen, body);
   return { name, body, release: false, upToDate };
 }
 
@@ -942,28 +930,42 @@ function configMapIntent(ctx: Context, valid: AccessPolicyDocument): Intent<Conf
   const body: ConfigMapApply = {
     apiVersion: "v1",
     kind: "ConfigMap",
-    metadata: {
-      name: ctx.cmName,
-      namespace: ctx.namespace,
-      labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [POLICY_LABEL]: ctx.name },
-    },
+    metadata: ownedMetadata(ctx, ctx.cmName),
     data: { [POLICY_KEY]: text },
   };
-  const uid = policy.metadata.uid;
-  if (uid) {
-    body.metadata.ownerReferences = [
+  const seen = ctx.input.configMap;
+  const upToDate = seen !== undefined && seen.data?.[POLICY_KEY] === text && ownedUpToDate(seen, body);
+  return { name: ctx.cmName, body, release: false, upToDate };
+}
+
+// --- objects the policy owns (its ConfigMap, its NetworkPolicies) ------------------------------
+
+type OwnedMetadata = ConfigMapApply["metadata"];
+
+/** Name, namespace, this policy's labels and, once it has a uid, the policy as controller owner (GC). */
+function ownedMetadata(ctx: Context, name: string): OwnedMetadata {
+  const metadata: OwnedMetadata = {
+    name,
+    namespace: ctx.namespace,
+    labels: { [MANAGED_BY_LABEL]: MANAGED_BY, [POLICY_LABEL]: ctx.name },
+  };
+  const uid = ctx.input.policy.metadata.uid;
+  if (uid)
+    metadata.ownerReferences = [
       { apiVersion: API_VERSION, kind: KIND, name: ctx.name, uid, controller: true },
     ];
-  }
-  const seen = ctx.input.configMap;
-  const upToDate =
-    seen !== undefined &&
-    seen.data?.[POLICY_KEY] === text &&
-    Object.entries(body.metadata.labels).every(([k, v]) => seen.metadata?.labels?.[k] === v) &&
-    (uid === undefined ||
-      uid === "" ||
-      (seen.metadata?.ownerReferences ?? []).some((r) => r.uid === uid && r.controller));
-  return { name: ctx.cmName, body, release: false, upToDate };
+  return metadata;
+}
+
+/** The served object already carries the body's labels and its controller owner reference. */
+function ownedUpToDate(seen: { metadata?: V1ObjectMeta }, body: { metadata: OwnedMetadata }): boolean {
+  const { labels, ownerReferences = [] } = body.metadata;
+  return (
+    Object.entries(labels).every(([k, v]) => seen.metadata?.labels?.[k] === v) &&
+    ownerReferences.every((owner) =>
+      (seen.metadata?.ownerReferences ?? []).some((r) => r.uid === owner.uid && r.controller),
+    )
+  );
 }
 
 function sortKeys<T>(value: T): T {

@@ -197,6 +197,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     cmName: configMapName(name),
     native: useNativeSidecar(config.sidecarMode, input.serverVersion),
     events: [],
+    ownFences: fencesLabelledAs(name, input.networkPolicies ?? []),
     fences: new Map(),
     keptFences: new Set(),
   };
@@ -219,7 +220,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
     const released = releaseMarked(ctx, input.deployments, input.services);
     out.services = released.services;
     out.deployments = released.deployments;
-    out.deleteNetworkPolicies = byName(ownFences(ctx)).map((n) => n.metadata?.name ?? "");
+    out.deleteNetworkPolicies = [...ctx.ownFences.keys()];
     if (input.configMap !== undefined) out.deleteConfigMap = ctx.cmName;
     ready = {
       type: "Ready",
@@ -234,8 +235,7 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
       input.deployments.filter((d) => carriedPolicy(d) === name || matchesSelector(selector, podLabels(d))),
     );
     // While invalid every fence stays as it is, like the sidecars and the ConfigMap.
-    if (validation.policy === undefined)
-      for (const n of ownFences(ctx)) ctx.keptFences.add(n.metadata?.name ?? "");
+    if (validation.policy === undefined) for (const n of ctx.ownFences.keys()) ctx.keptFences.add(n);
     const claims = claimLookup(input);
     const held: Held[] = [];
     for (const d of deployments) {
@@ -243,9 +243,9 @@ export function desired(input: ReconcileInput, config: OperatorConfig): Reconcil
       if (target !== undefined) targets.push(withExposure(ctx, d, target));
     }
     out.networkPolicies = [...ctx.fences.values()].sort((a, b) => compare(a.name, b.name));
-    out.deleteNetworkPolicies = byName(ownFences(ctx))
-      .map((n) => n.metadata?.name ?? "")
-      .filter((n) => !ctx.fences.has(n) && !ctx.keptFences.has(n));
+    out.deleteNetworkPolicies = [...ctx.ownFences.keys()].filter(
+      (n) => !ctx.fences.has(n) && !ctx.keptFences.has(n),
+    );
     if (validation.policy !== undefined) {
       out.configMap = configMapIntent(ctx, validation.policy);
       const services = byName(
@@ -313,6 +313,8 @@ interface Context extends ReleaseContext {
   config: OperatorConfig;
   cmName: string;
   native: boolean;
+  /** NetworkPolicy name -> the served NetworkPolicy labelled as this policy's, in name order. */
+  ownFences: ReadonlyMap<string, V1NetworkPolicy>;
   /** NetworkPolicy name -> its intent, for the Deployments fenced this round. */
   fences: Map<string, Intent<NetworkPolicyApply>>;
   /** NetworkPolicies left as they are (an Error target, an invalid policy): neither applied nor deleted. */
@@ -344,9 +346,7 @@ export function releaseOrphans(
   const ctx: ReleaseContext = { name, namespace, events: [] };
   // Their ownerReference lets garbage collection remove them too; deleting them first frees the app
   // port as soon as the Services go back to it.
-  const deleteNetworkPolicies = byName(
-    networkPolicies.filter((n) => n.metadata?.labels?.[POLICY_LABEL] === name),
-  ).map((n) => n.metadata?.name ?? "");
+  const deleteNetworkPolicies = [...fencesLabelledAs(name, networkPolicies).keys()];
   return { ...releaseMarked(ctx, deployments, services), events: ctx.events, deleteNetworkPolicies };
 }
 
@@ -576,9 +576,17 @@ function noteTarget(ctx: Context, d: V1Deployment, target: Target, reason: "Conf
 
 // --- the app's own port -----------------------------------------------------------------------
 
-/** The NetworkPolicies this policy owns (its label), as served. */
-function ownFences(ctx: Context): V1NetworkPolicy[] {
-  return (ctx.input.networkPolicies ?? []).filter((n) => n.metadata?.labels?.[POLICY_LABEL] === ctx.name);
+/**
+ * The NetworkPolicies labelled as policy `name`'s, by name, in name order. The reconciler hands over
+ * only those already; checked again here, once per reconcile, because what is listed gets deleted and
+ * another policy's fence must never be (a test holds desired() to that).
+ */
+function fencesLabelledAs(
+  name: string,
+  networkPolicies: readonly V1NetworkPolicy[],
+): Map<string, V1NetworkPolicy> {
+  const labelled = networkPolicies.filter((n) => n.metadata?.labels?.[POLICY_LABEL] === name);
+  return new Map(byName(labelled).map((n) => [n.metadata?.name ?? "", n]));
 }
 
 /**
@@ -597,7 +605,7 @@ function fenceIntent(
   const selector = d.spec?.selector;
   if (settings?.enabled !== true || selector === undefined) return undefined;
   const name = networkPolicyName(d.metadata?.name ?? "");
-  const seen = ownFences(ctx).find((n) => n.metadata?.name === name);
+  const seen = ctx.ownFences.get(name);
   if (seen === undefined && !rolledOut) return undefined;
   const ports = new Set([spec.listener.port, ...(settings.allowAdminPort ? [spec.sidecar.adminPort] : [])]);
   if (!rolledOut) {
@@ -638,9 +646,7 @@ function withExposure(ctx: Context, d: V1Deployment, target: Target): Target {
   const found = exposedAppPorts(d.spec?.template?.spec, sidecarPorts);
   if (found.length === 0) return target;
   const name = networkPolicyName(target.name);
-  const fenced =
-    ctx.fences.has(name) ||
-    (ctx.keptFences.has(name) && ownFences(ctx).some((n) => n.metadata?.name === name));
+  const fenced = ctx.fences.has(name) || (ctx.keptFences.has(name) && ctx.ownFences.has(name));
   const exposedPorts: ExposedPort[] = found.map((f) => (fenced ? { ...f, fenced: true } : f));
   const before = ctx.input.policy.status?.targets?.find(
     (t) => t.kind === target.kind && t.name === target.name,

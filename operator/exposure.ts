@@ -40,7 +40,7 @@ export function exposedAppPorts(pod: V1PodSpec | undefined, sidecarPorts: readon
 type Env = ReadonlyMap<string, string>;
 
 /** Literal env values (kubelet-expanded against the earlier ones) and the pod IP from the downward API. */
-export function literalEnv(vars: readonly V1EnvVar[] | undefined): Map<string, string> {
+function literalEnv(vars: readonly V1EnvVar[] | undefined): Map<string, string> {
   const env = new Map<string, string>();
   for (const v of vars ?? []) {
     const field = v.valueFrom?.fieldRef?.fieldPath;
@@ -52,7 +52,7 @@ export function literalEnv(vars: readonly V1EnvVar[] | undefined): Map<string, s
 }
 
 /** The kubelet's expansion of command, args and env values: `$(VAR)` when VAR is defined, `$$` -> `$`. */
-export function expandKubelet(text: string, env: Env): string {
+function expandKubelet(text: string, env: Env): string {
   return text.replace(/\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)/g, (whole, name: string | undefined) => {
     if (name === undefined) return "$";
     return env.get(name) ?? whole;

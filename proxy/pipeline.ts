@@ -217,15 +217,30 @@ export function signedAssertion(
 
 // ---- admission: the steps from rule match to rate limit, shared with WebSocket upgrades -----------
 
-export type Admission =
-  | { admitted: true; identity: Identity | undefined }
-  | { admitted: false; problem: Problem };
+/** A verified identity and the identity headers computed (and checked) for it, once per request. */
+interface Verified {
+  identity: Identity;
+  headers: readonly string[];
+}
 
-const PUBLIC: Admission = { admitted: true, identity: undefined };
+/** Admitted: forwarded with `headers` (the identity headers; none when no identity is forwarded). */
+export type Admitted =
+  | { admitted: true; identity: Identity; headers: readonly string[] }
+  | { admitted: true; identity: undefined; headers: readonly string[] };
 
-/** What the refusal steps need besides the exchange: the policy and the rule match. */
+export type Admission = Admitted | { admitted: false; problem: Problem };
+
+const NO_IDENTITY: readonly string[] = [];
+const PUBLIC: Admission = { admitted: true, identity: undefined, headers: NO_IDENTITY };
+
+function admittedAs(verified: Verified | undefined): Admission {
+  return verified === undefined ? PUBLIC : { admitted: true, ...verified };
+}
+
+/** What the refusal steps need besides the exchange: the policy, its header plan and the rule match. */
 interface Decided {
   policy: CompiledPolicy;
+  plan: HeaderPlan;
   match: RuleMatch<CompiledRule> | undefined;
 }
 
@@ -240,12 +255,11 @@ function refusal(
   decision: "deny" | "unauthenticated" | "invalid",
   reason: string,
   problem: Problem,
-  identity?: Identity,
+  verified?: Verified,
 ): Admission {
   // In DryRun a limit counted before authentication may already have recorded what Enforce would have
   // answered first; the steps after it run only to forward what they would without the limit.
-  if (exchange.decision === "would_deny")
-    return identity === undefined ? PUBLIC : { admitted: true, identity };
+  if (exchange.decision === "would_deny") return admittedAs(verified);
   const { policy, match } = decided;
   exchange.reason = reason;
   exchange.explanation = explain(policy, {
@@ -255,12 +269,12 @@ function refusal(
     decision,
     reason,
     status: problem.status,
-    ...(identity === undefined ? {} : { roles: identity.roles }),
+    ...(verified === undefined ? {} : { roles: verified.identity.roles }),
   });
   if (policy.dryRun && modeOf(match?.rule, policy) === "DryRun") {
     exchange.decision = "would_deny";
     exchange.wouldStatus = problem.status;
-    return identity === undefined ? PUBLIC : { admitted: true, identity };
+    return admittedAs(verified);
   }
   exchange.decision = decision;
   return { admitted: false, problem };
@@ -271,11 +285,11 @@ function rateLimited(
   exchange: Exchange,
   decided: Decided,
   verdict: { limit: string; retryAfterSeconds: number },
-  identity?: Identity,
+  verified?: Verified,
 ): Admission {
   exchange.rateLimit = verdict.limit;
   const problem = { ...PROBLEMS.tooManyRequests, retryAfterSeconds: verdict.retryAfterSeconds };
-  return refusal(exchange, decided, "deny", "rate-limited", problem, identity);
+  return refusal(exchange, decided, "deny", "rate-limited", problem, verified);
 }
 
 function admitPublic(exchange: Exchange, decided: Decided, verdict: RateLimitVerdict): Admission {
@@ -286,21 +300,22 @@ function admitIdentity(
   exchange: Exchange,
   decided: Decided,
   reason: Authorization["reason"],
-  identity: Identity,
+  verified: Verified,
   verdict: RateLimitVerdict,
 ): Admission {
-  if (!verdict.allowed) return rateLimited(exchange, decided, verdict, identity);
+  if (!verdict.allowed) return rateLimited(exchange, decided, verdict, verified);
   if (exchange.decision !== "would_deny") {
     exchange.decision = "allow";
     exchange.reason = reason;
   }
-  return { admitted: true, identity };
+  return { admitted: true, ...verified };
 }
 
 /** Decides whether the request is forwarded; records the decision on `exchange`. */
 export function admit(
   ctx: ProxyContext,
   runtime: ProxyRuntime,
+  plan: HeaderPlan,
   req: IncomingMessage,
   exchange: Exchange,
   target: { path: string; query: string },
@@ -308,7 +323,7 @@ export function admit(
   const { policy } = runtime;
   const match = policy.matchRule(exchange.method, target.path);
   const rule = match?.rule;
-  const decided: Decided = { policy, match };
+  const decided: Decided = { policy, plan, match };
   exchange.rule = rule?.name;
   if (rule?.action.kind === "public") {
     exchange.decision = "allow";
@@ -445,7 +460,7 @@ function admitVerified(
   const { identity } = verification;
   // A claim that would become an identity header with a control character in it: the token is refused
   // (the app must never see an authenticated request whose subject went missing on the way).
-  const values = identityHeaders(headerPlan(policy), identity);
+  const values = identityHeaders(decided.plan, identity);
   if (!values.ok) {
     return refusal(
       exchange,
@@ -455,20 +470,21 @@ function admitVerified(
       PROBLEMS.invalidToken,
     );
   }
+  const verified: Verified = { identity, headers: values.headers };
   exchange.subject = identity.subject;
   exchange.clientId = identity.clientId;
   exchange.roles = identity.roles;
   const authorization = authorizeRoles(rule, policy, identity);
   if (!authorization.allow) {
-    return refusal(exchange, decided, "deny", authorization.reason, PROBLEMS.insufficientScope, identity);
+    return refusal(exchange, decided, "deny", authorization.reason, PROBLEMS.insufficientScope, verified);
   }
   const limited = checkRateLimit(ctx.rateLimiter, rule?.admittedRateLimits ?? NO_LIMITS, identity, req);
   if (limited instanceof Promise) {
     return limited.then((verdict) =>
-      admitIdentity(exchange, decided, authorization.reason, identity, verdict),
+      admitIdentity(exchange, decided, authorization.reason, verified, verdict),
     );
   }
-  return admitIdentity(exchange, decided, authorization.reason, identity, limited);
+  return admitIdentity(exchange, decided, authorization.reason, verified, limited);
 }
 
 /**
@@ -599,7 +615,7 @@ export function upstreamHeaders(
   plan: HeaderPlan,
   inbound: InboundHeaders,
   requestId: string,
-  identity: Identity | undefined,
+  admitted: Admitted,
 ): string[] {
   const headers = forwardHeaders(
     inbound,
@@ -609,8 +625,9 @@ export function upstreamHeaders(
       requestId,
       traceparent: traceparentFor(inbound),
     },
-    identity === undefined ? NO_IDENTITY : identityHeaderList(plan, identity),
+    admitted.headers,
   );
+  const { identity } = admitted;
   const assertion = plan.identity.assertion;
   if (identity !== undefined && assertion !== undefined) {
     // Every client copy of the header, in any spelling, was stripped with the identity headers.
@@ -620,14 +637,6 @@ export function upstreamHeaders(
     );
   }
   return headers;
-}
-
-const NO_IDENTITY: readonly string[] = [];
-
-/** The identity headers admit() checked (a refused identity is never forwarded). */
-function identityHeaderList(plan: HeaderPlan, identity: Identity): readonly string[] {
-  const values = identityHeaders(plan, identity);
-  return values.ok ? values.headers : NO_IDENTITY;
 }
 
 /**
@@ -685,15 +694,7 @@ export function handleRequest(
         {
           method: admitted.method,
           path: target.query === "" ? target.rawPath : `${target.rawPath}?${target.query}`,
-          headers: upstreamHeaders(
-            ctx,
-            req,
-            runtime.policy,
-            plan,
-            inbound,
-            admitted.requestId,
-            decided.identity,
-          ),
+          headers: upstreamHeaders(ctx, req, runtime.policy, plan, inbound, admitted.requestId, decided),
           body: inbound.hasBody ? req : null,
           headersTimeoutMs: runtime.policy.upstreamTimeoutMs,
           requestId: admitted.requestId,
@@ -704,7 +705,7 @@ export function handleRequest(
         },
       );
     };
-    whenAdmitted(admit(ctx, runtime, req, admitted, target), proceed, (error) =>
+    whenAdmitted(admit(ctx, runtime, plan, req, admitted, target), proceed, (error) =>
       fail(ctx, res, admitted, error),
     );
   } catch (error) {

@@ -78,22 +78,14 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
         completeExchange(ctx, upgrading, 499, undefined);
         return;
       }
-      const headers = upstreamHeaders(
-        ctx,
-        req,
-        runtime.policy,
-        plan,
-        inbound,
-        upgrading.requestId,
-        decided.identity,
-      );
+      const headers = upstreamHeaders(ctx, req, runtime.policy, plan, inbound, upgrading.requestId, decided);
       headers.push("Connection", "Upgrade");
       let requestHead = `GET ${target.query === "" ? target.rawPath : `${target.rawPath}?${target.query}`} HTTP/1.1\r\n`;
       for (let i = 0; i < headers.length; i += 2) requestHead += `${headers[i]}: ${headers[i + 1]}\r\n`;
       requestHead += "\r\n";
       tunnel(ctx, socket, head, requestHead, upgrading, decided.identity?.expiresAt);
     };
-    whenAdmitted(admit(ctx, runtime, req, upgrading, target), proceed, (error) =>
+    whenAdmitted(admit(ctx, runtime, plan, req, upgrading, target), proceed, (error) =>
       failUpgrade(ctx, socket, upgrading, error),
     );
   } catch (error) {

@@ -32,6 +32,7 @@ import {
 import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
 import {
   failedAuthenticationKey,
+  peerBucket,
   type RateLimiter,
   type RateLimitSubject,
   type RateLimitVerdict,
@@ -180,23 +181,41 @@ const ALLOWED: RateLimitVerdict = { allowed: true };
 export function checkRateLimit(
   limiter: RateLimiter,
   limits: readonly RateLimit[],
-  identity: Identity | undefined,
-  req: IncomingMessage,
+  limiting: Limiting,
+  identity?: Identity,
 ): RateLimitVerdict | Promise<RateLimitVerdict> {
   if (limits.length === 0) return ALLOWED;
-  return limiter.check(limits, rateLimitSubject(identity, req));
+  const who = subjectOf(limiting);
+  if (identity !== undefined) {
+    who.issuer = identity.issuer;
+    who.subject = identity.subject;
+    who.clientId = identity.clientId;
+  }
+  return limiter.check(limits, who);
+}
+
+/** A request's rate-limit subject, built once (when a limit first needs it) for all of its limits. */
+export interface Limiting {
+  readonly req: IncomingMessage;
+  who: RateLimitSubject | undefined;
+}
+
+function subjectOf(limiting: Limiting): RateLimitSubject {
+  limiting.who ??= rateLimitSubject(undefined, limiting.req);
+  return limiting.who;
 }
 
 /**
  * Who a limited request counts against: the verified identity (none on public rules), the socket's
- * peer (never X-Forwarded-For, which the client writes), and the request's headers by name.
+ * peer by its bucket address (never X-Forwarded-For, which the client writes), and the request's
+ * headers by name.
  */
 export function rateLimitSubject(identity: Identity | undefined, req: IncomingMessage): RateLimitSubject {
   return {
     issuer: identity?.issuer,
     subject: identity?.subject,
     clientId: identity?.clientId,
-    ip: peerAddress(req),
+    ip: peerBucket(peerAddress(req)),
     header(name) {
       // Node's lower-cased map: repeated copies joined with ", " (a distinct bucket, not a bypass).
       const value = req.headers[name.toLowerCase()];
@@ -237,8 +256,11 @@ function admittedAs(verified: Verified | undefined): Admission {
   return verified === undefined ? PUBLIC : { admitted: true, ...verified };
 }
 
-/** What the refusal steps need besides the exchange: the policy, its header plan and the rule match. */
-interface Decided {
+/**
+ * What the refusal steps need besides the exchange: the policy, its header plan and the rule match;
+ * and the request's rate-limit subject once a limit has built it.
+ */
+interface Decided extends Limiting {
   policy: CompiledPolicy;
   plan: HeaderPlan;
   match: RuleMatch<CompiledRule> | undefined;
@@ -323,12 +345,12 @@ export function admit(
   const { policy } = runtime;
   const match = policy.matchRule(exchange.method, target.path);
   const rule = match?.rule;
-  const decided: Decided = { policy, plan, match };
+  const decided: Decided = { policy, plan, match, req, who: undefined };
   exchange.rule = rule?.name;
   if (rule?.action.kind === "public") {
     exchange.decision = "allow";
     exchange.reason = "public";
-    const limited = checkRateLimit(ctx.rateLimiter, rule.rateLimits, undefined, req);
+    const limited = checkRateLimit(ctx.rateLimiter, rule.rateLimits, decided);
     if (limited instanceof Promise) return limited.then((verdict) => admitPublic(exchange, decided, verdict));
     return admitPublic(exchange, decided, limited);
   }
@@ -336,7 +358,7 @@ export function admit(
     return refusal(exchange, decided, "deny", "deny-rule", PROBLEMS.forbidden);
   // `key: ip` limits count every request of the peer before its token is looked at, as a rate limit
   // placed before authentication does in Envoy or Kong: a flood of bad tokens drains them too.
-  const peerLimited = checkRateLimit(ctx.rateLimiter, rule?.peerRateLimits ?? NO_LIMITS, undefined, req);
+  const peerLimited = checkRateLimit(ctx.rateLimiter, rule?.peerRateLimits ?? NO_LIMITS, decided);
   if (peerLimited instanceof Promise) {
     return peerLimited.then(
       (verdict) =>
@@ -386,7 +408,7 @@ function authenticate(
   const failureLimit = policy.failedAuthenticationLimit;
   let failureKey: string | undefined;
   if (failureLimit !== undefined && !(credential.kind === "bearer" && credential.known !== undefined)) {
-    const key = failedAuthenticationKey(peerAddress(req));
+    const key = failedAuthenticationKey(subjectOf(decided).ip);
     const waitMs = ctx.rateLimiter.takeLocal(key, failureLimit.perSecond, failureLimit.burst);
     if (waitMs === 0) failureKey = key;
     else {
@@ -417,11 +439,11 @@ function authenticate(
   if (verification instanceof Promise) {
     return verification.then((verified) => {
       if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verified);
-      return admitVerified(ctx, decided, req, exchange, verified);
+      return admitVerified(ctx, decided, exchange, verified);
     });
   }
   if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verification);
-  return admitVerified(ctx, decided, req, exchange, verification);
+  return admitVerified(ctx, decided, exchange, verification);
 }
 
 /** The failed-authentication limit's name in the access log (a field name: no rate limit has it). */
@@ -448,7 +470,6 @@ function settleFailureToken(
 function admitVerified(
   ctx: ProxyContext,
   decided: Decided,
-  req: IncomingMessage,
   exchange: Exchange,
   verification: Verification,
 ): Admission | Promise<Admission> {
@@ -478,7 +499,7 @@ function admitVerified(
   if (!authorization.allow) {
     return refusal(exchange, decided, "deny", authorization.reason, PROBLEMS.insufficientScope, verified);
   }
-  const limited = checkRateLimit(ctx.rateLimiter, rule?.admittedRateLimits ?? NO_LIMITS, identity, req);
+  const limited = checkRateLimit(ctx.rateLimiter, rule?.admittedRateLimits ?? NO_LIMITS, decided, identity);
   if (limited instanceof Promise) {
     return limited.then((verdict) =>
       admitIdentity(exchange, decided, authorization.reason, verified, verdict),

@@ -12,6 +12,7 @@ export interface RateLimitSubject {
   issuer?: string;
   subject?: string;
   clientId?: string;
+  /** The peer's bucket address (peerBucket of the socket's address), computed once per request. */
   ip: string;
   header(name: string): string | undefined;
 }
@@ -41,17 +42,17 @@ export function bucketKey(limit: RateLimit, who: RateLimitSubject): string {
     value = who.subject === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.subject}`;
   else if (key === "clientId")
     value = who.clientId === undefined ? undefined : `${who.issuer ?? ""}\u0000${who.clientId}`;
-  else if (key === "ip") value = who.ip === undefined ? undefined : peerBucket(who.ip);
+  else if (key === "ip") value = who.ip;
   else value = who.header(key.slice("header:".length));
   return `${limit.name}\u0000${value ?? "-"}`;
 }
 
 /**
- * The local bucket of a peer address's failed authentications. Rate limit names are DNS labels, so
- * no rule's bucket key starts with "(".
+ * The local bucket of a peer's failed authentications, by its bucket address (peerBucket). Rate limit
+ * names are DNS labels, so no rule's bucket key starts with "(".
  */
-export function failedAuthenticationKey(ip: string): string {
-  return `(failed-authentications)\u0000${peerBucket(ip)}`;
+export function failedAuthenticationKey(peer: string): string {
+  return `(failed-authentications)\u0000${peer}`;
 }
 
 /**

@@ -31,6 +31,7 @@ import {
 } from "./headers.ts";
 import { PROBLEMS, type Problem, sendProblem } from "./problem.ts";
 import {
+  exhausted,
   failedAuthenticationKey,
   peerBucket,
   type RateLimiter,
@@ -412,11 +413,11 @@ function authenticate(
     const waitMs = ctx.rateLimiter.takeLocal(key, failureLimit.perSecond, failureLimit.burst);
     if (waitMs === 0) failureKey = key;
     else {
-      const refused = refusedBeforeAuthentication(exchange, decided, {
-        allowed: false,
-        limit: FAILED_AUTHENTICATION_LIMIT,
-        retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
-      });
+      const refused = refusedBeforeAuthentication(
+        exchange,
+        decided,
+        exhausted(FAILED_AUTHENTICATION_LIMIT, waitMs),
+      );
       if (refused !== undefined) return refused;
     }
   }

@@ -21,6 +21,11 @@ export type RateLimitVerdict =
   | { allowed: true }
   | { allowed: false; limit: string; retryAfterSeconds: number };
 
+/** The refusal of an exhausted limit: Retry-After is the wait in whole seconds, at least 1. */
+export function exhausted(limit: string, waitMs: number): RateLimitVerdict {
+  return { allowed: false, limit, retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) };
+}
+
 export interface SharedBucketStore {
   /** Takes one token from the shared bucket; resolves the wait in ms (0 when allowed). Rejects when unreachable. */
   take(key: string, intervalMs: number, burst: number): Promise<number>;
@@ -111,12 +116,7 @@ export class RateLimiter {
         limit.store === "redis" && this.#shared
           ? await this.#takeShared(limit, key)
           : this.#takeLocal(limit, key);
-      if (waitMs > 0)
-        return {
-          allowed: false,
-          limit: limit.name,
-          retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)),
-        };
+      if (waitMs > 0) return exhausted(limit.name, waitMs);
     }
     return { allowed: true };
   }

@@ -407,11 +407,11 @@ function authenticate(
   // Before any parse or signature check: a credential this sidecar has not verified before holds a
   // token of its peer's failed-authentication bucket, given back when it checks out (settleFailureToken).
   const failureLimit = policy.failedAuthenticationLimit;
-  let failureKey: string | undefined;
+  let held: HeldFailureToken | undefined;
   if (failureLimit !== undefined && !(credential.kind === "bearer" && credential.known !== undefined)) {
     const key = failedAuthenticationKey(subjectOf(decided).ip);
     const waitMs = ctx.rateLimiter.takeLocal(key, failureLimit.perSecond, failureLimit.burst);
-    if (waitMs === 0) failureKey = key;
+    if (waitMs === 0) held = { key, burst: failureLimit.burst };
     else {
       const refused = refusedBeforeAuthentication(
         exchange,
@@ -439,31 +439,30 @@ function authenticate(
   const verification = verifyBearer(runtime.verifier, credential);
   if (verification instanceof Promise) {
     return verification.then((verified) => {
-      if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verified);
+      if (held !== undefined) settleFailureToken(ctx, held, verified);
       return admitVerified(ctx, decided, exchange, verified);
     });
   }
-  if (failureKey !== undefined) settleFailureToken(ctx, policy, failureKey, verification);
+  if (held !== undefined) settleFailureToken(ctx, held, verification);
   return admitVerified(ctx, decided, exchange, verification);
 }
 
 /** The failed-authentication limit's name in the access log (a field name: no rate limit has it). */
-export const FAILED_AUTHENTICATION_LIMIT = "failedAuthenticationLimit";
+const FAILED_AUTHENTICATION_LIMIT = "failedAuthenticationLimit";
 
 // Failures that are the sidecar's or the IdP's, not the peer's: the held token goes back.
 const NOT_THE_PEERS_FAULT: ReadonlySet<string> = new Set(["keys_unavailable", "internal"]);
 
+/** A token taken from a peer's failed-authentication bucket while its credential is verified. */
+interface HeldFailureToken {
+  key: string;
+  burst: number;
+}
+
 /** A verification that checked out (or failed through no fault of the peer) gives its token back. */
-function settleFailureToken(
-  ctx: ProxyContext,
-  policy: CompiledPolicy,
-  key: string,
-  verification: Verification,
-): void {
-  const limit = policy.failedAuthenticationLimit;
-  if (limit === undefined) return;
+function settleFailureToken(ctx: ProxyContext, held: HeldFailureToken, verification: Verification): void {
   if (verification.ok || NOT_THE_PEERS_FAULT.has(verification.reason)) {
-    ctx.rateLimiter.refundLocal(key, limit.burst);
+    ctx.rateLimiter.refundLocal(held.key, held.burst);
   }
 }
 

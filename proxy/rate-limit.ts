@@ -115,36 +115,20 @@ export class RateLimiter {
       const waitMs =
         limit.store === "redis" && this.#shared
           ? await this.#takeShared(limit, key)
-          : this.#takeLocal(limit, key);
+          : this.takeLocal(key, limit.requestsPerSecond, limit.burst ?? limit.requestsPerSecond);
       if (waitMs > 0) return exhausted(limit.name, waitMs);
     }
     return { allowed: true };
   }
 
   async #takeShared(limit: RateLimit, key: string): Promise<number> {
+    const burst = limit.burst ?? limit.requestsPerSecond;
     try {
-      return await this.#shared!.take(
-        key,
-        1000 / limit.requestsPerSecond,
-        limit.burst ?? limit.requestsPerSecond,
-      );
+      return await this.#shared!.take(key, 1000 / limit.requestsPerSecond, burst);
     } catch (error) {
       this.#onFallback?.(limit.name, error);
-      return this.#takeLocal(limit, key);
+      return this.takeLocal(key, limit.requestsPerSecond, burst);
     }
-  }
-
-  /** Returns 0 when a token was taken, else the ms until one is available. */
-  #takeLocal(limit: RateLimit, key: string): number {
-    return this.#local(key, limit.requestsPerSecond, limit.burst ?? limit.requestsPerSecond);
-  }
-
-  /**
-   * Takes a token from the local bucket `key`: 0 when taken, else the ms until one is available. With
-   * refundLocal, a token held while something runs (a verification) and given back when it succeeds.
-   */
-  takeLocal(key: string, perSecond: number, burst: number): number {
-    return this.#local(key, perSecond, burst);
   }
 
   /** Gives back a token takeLocal took (never above the burst; a bucket evicted since is left alone). */
@@ -153,7 +137,11 @@ export class RateLimiter {
     if (bucket !== undefined) bucket.tokens = Math.min(burst, bucket.tokens + 1);
   }
 
-  #local(key: string, perSecond: number, burst: number): number {
+  /**
+   * Takes a token from the local bucket `key`: 0 when taken, else the ms until one is available. With
+   * refundLocal, a token held while something runs (a verification) and given back when it succeeds.
+   */
+  takeLocal(key: string, perSecond: number, burst: number): number {
     const now = this.#now();
     let bucket = this.#buckets.get(key);
     if (bucket === undefined) {

@@ -143,15 +143,20 @@ function isHostAndPort(value: string): boolean {
   return HOST_AND_PORT.test(value);
 }
 
+export type InboundRefusal = "bad-host" | "ambiguous-headers";
+
 /** The result of one pass over the client's headers. */
 export interface InboundHeaders {
   /** Surviving client headers, flat `[name, value, ...]`, names as sent. */
   forward: string[];
   host: string | undefined;
-  /** More than one Host or Content-Length: ambiguous framing or routing (RFC 9112 section 3.2, 6.3). */
-  ambiguous: boolean;
-  /** The Host value is not a host[:port] (RFC 9110 section 7.2): spaces, userinfo, a list, a bad port. */
-  badHost: boolean;
+  /**
+   * Why the request must be refused with a 400 before anything else, undefined when it need not be:
+   * bad-host, the Host value is not a host[:port] (RFC 9110 section 7.2: spaces, userinfo, a list, a
+   * bad port); ambiguous-headers, more than one Host or Content-Length: ambiguous routing or framing
+   * (RFC 9112 section 3.2, 6.3).
+   */
+  refusal: InboundRefusal | undefined;
   /** Every client X-Forwarded-For copy, joined; undefined when none (or nominated in Connection). */
   forwardedFor: string | undefined;
   /** The first well-formed inbound request id, by the policy's preference. */
@@ -246,8 +251,12 @@ export function readInboundHeaders(
   const inbound: InboundHeaders = {
     forward,
     host,
-    ambiguous: hosts > 1 || lengths > 1,
-    badHost: hosts === 1 && !isHostAndPort(host ?? ""),
+    refusal:
+      hosts === 1 && !isHostAndPort(host ?? "")
+        ? "bad-host"
+        : hosts > 1 || lengths > 1
+          ? "ambiguous-headers"
+          : undefined,
     forwardedFor,
     requestId: requestIds === undefined ? undefined : pickRequestId(requestIds, plan, nominated),
     traceparent: traceparents === 1 && isValidTraceparent(traceparent) ? traceparent : undefined,

@@ -679,13 +679,8 @@ export function handleRequest(
     const inbound = readInboundHeaders(req.rawHeaders, plan);
     const admitted = newExchange(requestIdFor(inbound), req.method ?? "", start, true);
     exchange = admitted;
-    if (inbound.badHost) {
-      admitted.reason = "bad-host";
-      refuse(ctx, res, admitted, PROBLEMS.badRequest, inbound);
-      return;
-    }
-    if (inbound.ambiguous) {
-      admitted.reason = "ambiguous-headers";
+    if (inbound.refusal !== undefined) {
+      admitted.reason = inbound.refusal;
       refuse(ctx, res, admitted, PROBLEMS.badRequest, inbound);
       return;
     }

@@ -50,13 +50,8 @@ export function handleUpgrade(ctx: ProxyContext, req: IncomingMessage, socket: D
       refuseUpgrade(ctx, socket, upgrading, PROBLEMS.badUpgrade);
       return;
     }
-    if (inbound.badHost) {
-      upgrading.reason = "bad-host";
-      refuseUpgrade(ctx, socket, upgrading, PROBLEMS.badRequest);
-      return;
-    }
-    if (inbound.ambiguous) {
-      upgrading.reason = "ambiguous-headers";
+    if (inbound.refusal !== undefined) {
+      upgrading.reason = inbound.refusal;
       refuseUpgrade(ctx, socket, upgrading, PROBLEMS.badRequest);
       return;
     }

@@ -127,16 +127,17 @@ describe("readInboundHeaders", () => {
   });
 
   it("flags two Host or two Content-Length headers as ambiguous", () => {
-    expect(readInboundHeaders(["Host", "a", "host", "b"], plan).ambiguous).toBe(true);
-    expect(readInboundHeaders(["Content-Length", "1", "Content-Length", "1"], plan).ambiguous).toBe(true);
+    const ambiguous = (raw: string[]) => readInboundHeaders(raw, plan).refusal === "ambiguous-headers";
+    expect(ambiguous(["Host", "a", "host", "b"])).toBe(true);
+    expect(ambiguous(["Content-Length", "1", "Content-Length", "1"])).toBe(true);
     expect(readInboundHeaders(["Host", "a", "Content-Length", "0"], plan)).toMatchObject({
-      ambiguous: false,
+      refusal: undefined,
       hasBody: false,
     });
   });
 
   it("flags a Host that is not host[:port]", () => {
-    const bad = (host: string) => readInboundHeaders(["Host", host], plan).badHost;
+    const bad = (host: string) => readInboundHeaders(["Host", host], plan).refusal === "bad-host";
     for (const good of [
       "orders.example",
       "orders.example:8080",
@@ -175,7 +176,7 @@ describe("readInboundHeaders", () => {
     ]) {
       expect(bad(wrong), JSON.stringify(wrong)).toBe(true);
     }
-    expect(readInboundHeaders([], plan).badHost).toBe(false);
+    expect(readInboundHeaders([], plan).refusal).toBeUndefined();
   });
 
   it("picks the request id by the policy's preference, ignoring malformed and nominated ones", () => {

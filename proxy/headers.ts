@@ -85,6 +85,8 @@ export interface HeaderPlan {
   readonly forwardAuthorization: boolean;
   /** The policy's identity header names, in lower case (see wireNames). */
   readonly identity: CompiledPolicy["identityHeaders"];
+  /** Identity header name (lower case) -> its `<name>-encoding` sibling, built once per policy. */
+  readonly encodingHeaders: ReadonlyMap<string, string>;
 }
 
 const plans = new WeakMap<CompiledPolicy, HeaderPlan>();
@@ -99,12 +101,22 @@ export function headerPlan(policy: CompiledPolicy): HeaderPlan {
     kinds.set("host", HOST);
     kinds.set("content-length", CONTENT_LENGTH);
     kinds.set("authorization", AUTHORIZATION);
+    const identity = wireNames(policy.identityHeaders);
+    const identityNames = [
+      identity.subject,
+      identity.roles,
+      identity.scopes,
+      identity.clientId,
+      identity.issuer,
+      ...identity.claims.map(([, header]) => header),
+    ];
     plan = {
       kinds,
       requestIdIndex: new Map(policy.requestIdHeaders.map((name, i) => [name, i])),
       requestIdCount: policy.requestIdHeaders.length,
       forwardAuthorization: policy.identityHeaders.forwardAuthorization,
-      identity: wireNames(policy.identityHeaders),
+      identity,
+      encodingHeaders: new Map(identityNames.map((name) => [name, `${name}${ENCODING_SUFFIX_WIRE}`])),
     };
     plans.set(policy, plan);
   }
@@ -392,7 +404,7 @@ export function identityHeaders(plan: HeaderPlan, identity: Identity): IdentityH
     else if (hasControlCharacter(value)) refused = { ok: false, header: name, problem: "control-character" };
     // A lone UTF-16 surrogate (a JSON "\ud800" escape) has no UTF-8 form: encodeURIComponent throws.
     else if (!value.isWellFormed()) refused = { ok: false, header: name, problem: "unpaired-surrogate" };
-    else headers.push(name, encodeURIComponent(value), `${name}${ENCODING_SUFFIX_WIRE}`, "percent");
+    else headers.push(name, encodeURIComponent(value), plan.encodingHeaders.get(name)!, "percent");
   };
   add(names.subject, identity.subject);
   add(names.roles, [...identity.roles].sort().join(","));

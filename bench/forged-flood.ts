@@ -20,8 +20,9 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createServer } from "node:http";
 import { Pool } from "undici";
+import type { ProxyRuntime } from "../proxy/runtime.ts";
 import { median } from "./support/median.ts";
-import { listenOnLoopback, upstreamHandler } from "./support/servers.ts";
+import { examplePortcullis, exampleRuntime, listenOnLoopback, upstreamHandler } from "./support/servers.ts";
 
 const SCENARIOS = [
   { name: "valid alone (baseline)", flood: "none", runtime: "open" },
@@ -64,48 +65,21 @@ async function runUpstream(): Promise<void> {
 
 /** The proxy with two runtimes for the example policy, switched by the parent between rounds. */
 async function runProxy(upstream: string, issuer: string): Promise<void> {
-  const [{ compilePolicy }, { validatePolicyObject }, { KeySetRegistry }, { createBearerVerifier }] =
-    await Promise.all([
-      import("../policy/compile.ts"),
-      import("../policy/validate.ts"),
-      import("../proxy/authn/key-set.ts"),
-      import("../proxy/authn/verify-bearer.ts"),
-    ]);
-  const [{ createLogger }, { createProxyMetrics }, { createProxyServer }, { readFileSync }, { parse }] =
-    await Promise.all([
-      import("../proxy/access-log.ts"),
-      import("../proxy/metrics.ts"),
-      import("../proxy/server.ts"),
-      import("node:fs"),
-      import("yaml"),
-    ]);
-  const policyWith = (limit: boolean) => {
-    const document = parse(readFileSync(new URL("../examples/fastapi/policy.yaml", import.meta.url), "utf8"));
-    document.spec.authentication.issuers[0].issuer = issuer;
-    if (limit) document.spec.authentication.failedAuthenticationLimit = { perSecond: 10, burst: 20 };
-    const { policy, problems } = validatePolicyObject(document, Date.now());
-    if (!policy) throw new Error(JSON.stringify(problems));
-    return compilePolicy(policy);
-  };
+  const { KeySetRegistry } = await import("../proxy/authn/key-set.ts");
   const keySets = new KeySetRegistry();
-  const open = policyWith(false);
-  const limited = policyWith(true);
-  const runtimes: Record<
-    RuntimeName,
-    { policy: typeof open; verifier: ReturnType<typeof createBearerVerifier> }
-  > = {
-    open: { policy: open, verifier: createBearerVerifier(open, { keySets }) },
-    limited: { policy: limited, verifier: createBearerVerifier(limited, { keySets }) },
-  };
-  await Promise.all(Object.values(runtimes).map((runtime) => runtime.verifier.ready()));
+  const [open, limited] = await Promise.all([
+    exampleRuntime(issuer, { keySets }),
+    exampleRuntime(issuer, {
+      keySets,
+      patch: (document) => {
+        document.spec.authentication.failedAuthenticationLimit = { perSecond: 10, burst: 20 };
+      },
+    }),
+  ]);
+  const runtimes: Record<RuntimeName, ProxyRuntime> = { open, limited };
   let current = runtimes.open;
-  const proxy = createProxyServer({
-    current: () => current,
-    upstream: new URL(upstream),
-    // The access log on (to stdout, which the parent discards): every refusal writes a line too.
-    logger: createLogger({ format: "json", level: "info" }),
-    metrics: createProxyMetrics(),
-  });
+  // The access log on (to stdout, which the parent discards): every refusal writes a line too.
+  const proxy = await examplePortcullis(upstream, issuer, "info", { current: () => current });
   const port = await listenOnLoopback(proxy.server);
   process.on("message", (message: unknown) => {
     if (message === "exit") process.exit(0);

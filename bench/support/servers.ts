@@ -11,7 +11,11 @@ import { parse, stringify } from "yaml";
 import { freePort } from "../../examples/free-port.ts";
 import { DEFAULT_SIDECAR_RESOURCES } from "../../operator/config.ts";
 import { sidecarRuntimeEnv } from "../../operator/sidecar.ts";
+import type { CompiledPolicy } from "../../policy/compile.ts";
+import type { AccessPolicyDocument } from "../../policy/schema.ts";
+import type { KeySetRegistry } from "../../proxy/authn/key-set.ts";
 import { DEFAULT_UPSTREAM_CONNECTIONS } from "../../proxy/forward.ts";
+import type { ProxyRuntime } from "../../proxy/runtime.ts";
 import type { ProxyServer } from "../../proxy/server.ts";
 
 export type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -142,40 +146,66 @@ export function dispatchPassThrough(pool: Pool): Handler {
   };
 }
 
+/** An edit of the example policy's document, made before it is validated and compiled. */
+export type PolicyPatch = (document: AccessPolicyDocument) => void;
+
+/** The example policy (examples/fastapi/policy.yaml) trusting `issuer`, edited by `patch`, compiled. */
+export async function examplePolicy(issuer: string, patch?: PolicyPatch): Promise<CompiledPolicy> {
+  // Loaded here, not above: a pass-through's process never holds the proxy's modules.
+  const [{ compilePolicy }, { validatePolicyObject }] = await Promise.all([
+    import("../../policy/compile.ts"),
+    import("../../policy/validate.ts"),
+  ]);
+  const document = parse(
+    readFileSync(new URL("../../examples/fastapi/policy.yaml", import.meta.url), "utf8"),
+  ) as AccessPolicyDocument;
+  document.spec.authentication.issuers[0]!.issuer = issuer;
+  patch?.(document);
+  const { policy, problems } = validatePolicyObject(document, Date.now());
+  if (!policy) throw new Error(JSON.stringify(problems));
+  return compilePolicy(policy);
+}
+
+/** The example policy (see examplePolicy) with a ready bearer verifier; `keySets` may be shared. */
+export async function exampleRuntime(
+  issuer: string,
+  options: { patch?: PolicyPatch; keySets?: KeySetRegistry } = {},
+): Promise<ProxyRuntime> {
+  const [{ KeySetRegistry }, { createBearerVerifier }] = await Promise.all([
+    import("../../proxy/authn/key-set.ts"),
+    import("../../proxy/authn/verify-bearer.ts"),
+  ]);
+  const policy = await examplePolicy(issuer, options.patch);
+  const keySets = options.keySets ?? new KeySetRegistry();
+  const runtime = { policy, verifier: createBearerVerifier(policy, { keySets }) };
+  await runtime.verifier.ready();
+  return runtime;
+}
+
 /**
  * createProxyServer with the example policy (RS256 bearer tokens from `issuer`, anyRole rules, header
  * hygiene, identity headers, metrics, the JSON access log to stdout). `level` "warn" turns the access
- * log off, as --log-level=warn would.
+ * log off, as --log-level=warn would. `patch` edits the policy; `current` serves runtimes of the
+ * caller's own instead (read per request, so the caller can swap them between rounds).
  */
 export async function examplePortcullis(
   upstream: string,
   issuer: string,
   level: "info" | "warn",
+  options: { patch?: PolicyPatch; current?: () => ProxyRuntime } = {},
 ): Promise<ProxyServer> {
-  // Loaded here, not above: a pass-through's process never holds the proxy's modules.
-  const [{ compilePolicy }, { validatePolicyObject }, { KeySetRegistry }, { createBearerVerifier }] =
-    await Promise.all([
-      import("../../policy/compile.ts"),
-      import("../../policy/validate.ts"),
-      import("../../proxy/authn/key-set.ts"),
-      import("../../proxy/authn/verify-bearer.ts"),
-    ]);
   const [{ createLogger }, { createProxyMetrics }, { createProxyServer }] = await Promise.all([
     import("../../proxy/access-log.ts"),
     import("../../proxy/metrics.ts"),
     import("../../proxy/server.ts"),
   ]);
-  const document = parse(
-    readFileSync(new URL("../../examples/fastapi/policy.yaml", import.meta.url), "utf8"),
-  );
-  document.spec.authentication.issuers[0].issuer = issuer;
-  const { policy: valid, problems } = validatePolicyObject(document, Date.now());
-  if (!valid) throw new Error(JSON.stringify(problems));
-  const policy = compilePolicy(valid);
-  const runtime = { policy, verifier: createBearerVerifier(policy, { keySets: new KeySetRegistry() }) };
-  await runtime.verifier.ready();
+  let { current } = options;
+  if (current === undefined) {
+    const runtime = await exampleRuntime(issuer, { patch: options.patch });
+    current = () => runtime;
+  }
   return createProxyServer({
-    current: () => runtime,
+    current,
     upstream: new URL(upstream),
     logger: createLogger({ format: "json", level }),
     metrics: createProxyMetrics(),

@@ -2,9 +2,11 @@
 // refuses (or, in dry run, would refuse) a request, for the access line; `portcullis explain` and
 // `portcullis test` run `decide` on a method, a path and claims. Both go through the same steps the
 // proxy takes (proxy/pipeline.ts admit): match the rule (rule-matcher.ts), public and deny rules
-// before any token, then the token's issuer, its roles (roles.ts via identity.ts), and authorize
-// (compile.ts). Token verification (signature, audience, expiry) is the proxy's alone.
+// before any token, then the token's issuer, the claim checks that need no key (claim-checks.ts: the
+// proxy's own), its roles (roles.ts via identity.ts), and authorize (compile.ts). Only the signature
+// is the proxy's alone.
 
+import { checkClaims } from "./claim-checks.ts";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "./compile.ts";
 import { identityFromClaims } from "./identity.ts";
 import type { Claims } from "./roles.ts";
@@ -49,6 +51,11 @@ export interface DecisionRequest {
   path: string;
   /** Claims of the bearer token; undefined: no token. */
   claims?: Claims;
+  /**
+   * Epoch seconds: the token's exp, nbf, iat and age are checked as the proxy checks them at that
+   * time. Undefined: the claims describe a token at no point in time; only audience and sub are checked.
+   */
+  nowSeconds?: number;
 }
 
 export function requirementOf(rule: CompiledRule | undefined, policy: CompiledPolicy): Requirement {
@@ -149,7 +156,7 @@ function sentence(facts: DecisionFacts, e: Explanation): string {
   return `${matched}; ${asks}${outcome}`;
 }
 
-/** What the proxy decides for `request`, in the proxy's order. The token's claims are taken as they are. */
+/** What the proxy decides for `request`, in the proxy's order; the token's signature is taken as valid. */
 export function decide(policy: CompiledPolicy, request: DecisionRequest): Explanation {
   const match = policy.matchRule(request.method, request.path);
   const rule = match?.rule;
@@ -162,8 +169,13 @@ export function decide(policy: CompiledPolicy, request: DecisionRequest): Explan
     return explain(policy, { ...facts, decision: "unauthenticated", reason: "no-credential" });
   }
   const issuer = request.claims.iss;
-  if (typeof issuer !== "string" || !policy.issuers.has(issuer)) {
+  const issuerConfig = typeof issuer === "string" ? policy.issuers.get(issuer) : undefined;
+  if (typeof issuer !== "string" || issuerConfig === undefined) {
     return explain(policy, { ...facts, decision: "unauthenticated", reason: "unknown_issuer" });
+  }
+  const checked = checkClaims(request.claims, issuerConfig, request.nowSeconds);
+  if (!checked.ok) {
+    return explain(policy, { ...facts, decision: "unauthenticated", reason: checked.reason });
   }
   const identity = identityFromClaims({ ...request.claims }, issuer, 0, policy.rolesFor);
   const authorization: Authorization = authorize(rule, policy.defaultAction, identity.roles);

@@ -11,9 +11,9 @@ import {
 } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type IdentityProvider, startIdentityProvider } from "../examples/idp.ts";
+import { checkNumericDates, MAX_NUMERIC_DATE } from "../policy/numeric-date.ts";
 import { MAX_TOKEN_LENGTH } from "../proxy/authn/credential.ts";
 import { KeySetRegistry } from "../proxy/authn/key-set.ts";
-import { checkNumericDates, MAX_NUMERIC_DATE } from "../proxy/authn/numeric-date.ts";
 import { type BearerVerifier, createBearerVerifier } from "../proxy/authn/verify-bearer.ts";
 import {
   examplePolicy,

@@ -142,7 +142,15 @@ describe("portcullis init", () => {
 
     // Until the TODO roles are replaced, even an admin's token is refused everywhere.
     const admin = join(dir, "admin.json");
-    writeFileSync(admin, JSON.stringify({ iss: "https://issuer.example.com", scope: "orders.admin" }));
+    writeFileSync(
+      admin,
+      JSON.stringify({
+        iss: "https://issuer.example.com",
+        aud: "api://orders-api",
+        sub: "admin",
+        scope: "orders.admin",
+      }),
+    );
     const explain = await portcullis(
       "explain",
       starter,

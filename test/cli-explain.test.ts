@@ -61,7 +61,7 @@ describe("portcullis explain", () => {
     );
   });
 
-  it("decodes a token without verifying it, says so, and notes what the proxy would still refuse", async () => {
+  it("decodes a token without verifying it, says so, and refuses its claims as the proxy would", async () => {
     const token = await unverifiableToken({
       iss: "http://127.0.0.1:9400",
       aud: "api://other",
@@ -80,15 +80,74 @@ describe("portcullis explain", () => {
     );
     expect(code).toBe(0);
     expect(stdout).toContain("GET /orders\n");
-    expect(stdout).toContain(
-      "  token     decoded, NOT verified: signature, audience and expiry are checked only by the proxy",
+    expect(stdout).toContain("  token     decoded, NOT verified: the signature is checked only by the proxy");
+    // The proxy refuses an expired token first (before its audience and its signature).
+    expect(stdout).toContain("  decision  unauthenticated (401, expired)");
+    expect(stdout).not.toContain("  roles");
+  });
+
+  it("refuses a token as the proxy does: another audience, then no subject", async () => {
+    const valid = {
+      iss: "http://127.0.0.1:9400",
+      scope: "orders.read",
+      exp: Math.floor(Date.now() / 1000) + 600,
+    };
+    const explainToken = async (claims: Record<string, unknown>) =>
+      portcullis(
+        "explain",
+        policy,
+        "--method",
+        "GET",
+        "--path",
+        "/orders",
+        "--token",
+        await unverifiableToken(claims),
+        "--json",
+      );
+    const foreign = await explainToken({ ...valid, sub: "alice", aud: ["api://other", 7] });
+    expect(JSON.parse(foreign.stdout)).toMatchObject({
+      decision: "unauthenticated",
+      status: 401,
+      reason: "bad_audience",
+    });
+    const subjectless = await explainToken({ ...valid, aud: "api://orders" });
+    expect(JSON.parse(subjectless.stdout)).toMatchObject({
+      decision: "unauthenticated",
+      status: 401,
+      reason: "missing_sub",
+    });
+    const good = await explainToken({ ...valid, aud: "api://orders", sub: "alice" });
+    expect(JSON.parse(good.stdout)).toMatchObject({ decision: "allow", roles: ["reader"] });
+  });
+
+  it("notes the dates a claims file gives that the proxy would refuse now", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "portcullis-cli-explain-"));
+    const expired = join(dir, "expired.json");
+    writeFileSync(
+      expired,
+      JSON.stringify({
+        iss: "http://127.0.0.1:9400",
+        aud: "api://orders",
+        sub: "bob",
+        scope: "orders.read",
+        exp: 1_000_000_000,
+      }),
     );
-    expect(stdout).toContain("  roles     [reader]");
+    const { code, stdout } = await portcullis(
+      "explain",
+      policy,
+      "--method",
+      "GET",
+      "--path",
+      "/orders",
+      "--claims",
+      expired,
+    );
+    expect(code).toBe(0);
     expect(stdout).toContain("  decision  allow (forwarded)");
     expect(stdout).toContain(
-      '  note      aud "api://other" is not one of [api://orders]: the proxy would answer 401',
+      "  note      exp (2001-09-09T01:46:40.000Z) has passed: the proxy would answer 401 (expired)",
     );
-    expect(stdout).toContain("  note      expired at 2001-09-09T01:46:40.000Z: the proxy would answer 401");
   });
 
   it("explains a request without a token, and prints the same explanation as JSON", async () => {

@@ -63,12 +63,12 @@ describe("portcullis test", () => {
   - name: roles in any order
     method: GET
     path: /orders
-    token: { scope: "orders.write" }
+    token: { sub: alice, scope: "orders.write" }
     expect: { decision: allow, roles: [writer, reader] }
   - name: wrong roles
     method: GET
     path: /orders
-    token: { scope: "orders.read" }
+    token: { sub: alice, scope: "orders.read" }
     expect: { decision: allow, roles: [admin] }
   - name: no token has no roles
     method: GET
@@ -81,6 +81,36 @@ describe("portcullis test", () => {
     expect(stdout).toContain("PASS  roles in any order");
     expect(stdout).toContain("roles:    expected [admin], got [reader]");
     expect(stdout).toContain("roles:    expected [], got no token");
+  });
+
+  it("refuses a token case as the proxy does: no sub, another audience, expired claims", async () => {
+    const files = await scratch({
+      "cases.yaml": `cases:
+  - name: no subject
+    method: GET
+    path: /orders
+    token: { scope: orders.read }
+    expect: { decision: 401, reason: missing_sub }
+  - name: another audience
+    method: GET
+    path: /orders
+    token: { sub: alice, aud: api://other, scope: orders.read }
+    expect: { decision: 401, reason: bad_audience }
+  - name: expired claims
+    method: GET
+    path: /orders
+    claims: { iss: "http://127.0.0.1:9400", aud: api://orders, sub: alice, scope: orders.read, exp: 1000000000 }
+    expect: { decision: 401, reason: expired }
+  - name: claims without exp
+    method: GET
+    path: /orders
+    claims: { iss: "http://127.0.0.1:9400", aud: api://orders, sub: alice, scope: orders.read }
+    expect: { decision: 401, reason: missing_exp }
+`,
+    });
+    const { code, stdout } = await portcullis("test", policy, files["cases.yaml"]!);
+    expect(stdout).toContain("4 passed, 0 failed");
+    expect(code).toBe(0);
   });
 
   it("gives one clear line and exit 2 for each kind of bad input", async () => {

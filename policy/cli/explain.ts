@@ -1,8 +1,10 @@
 // `portcullis explain <policy> --method GET --path /orders/7 [--claims file.json | --token JWT] [--json]`:
 // the rule that matches, the roles the token maps to, the decision and why. A token is decoded, never
-// verified (the CLI holds no keys): the output says so, and notes what the proxy would still refuse.
+// verified (the CLI holds no keys): the output says so; its claims are checked as the proxy checks them
+// now. A claims file describes a token at no point in time: its dates, when given, are only noted.
 
 import { decodeJwt } from "jose";
+import { type ClaimFailure, checkClaims } from "../claim-checks.ts";
 import type { CompiledPolicy } from "../compile.ts";
 import { decide, type Explanation, type Requirement } from "../decision.ts";
 import type { Claims } from "../roles.ts";
@@ -30,23 +32,28 @@ function decodeToken(token: string): Claims {
   }
 }
 
-/** What the proxy checks that a decoded token can show: issuer, audience, expiry. */
-function tokenNotes(policy: CompiledPolicy, claims: Claims, nowSeconds: number): string[] {
-  const notes: string[] = [];
+// Dates a claims file may leave out without a note: it describes the token, not when it was issued.
+const UNDESCRIBED: ReadonlySet<ClaimFailure> = new Set<ClaimFailure>(["missing_exp", "missing_iat"]);
+
+/** For a claims file: what the proxy would refuse now about the dates it gives (policy/claim-checks.ts). */
+function dateNotes(policy: CompiledPolicy, claims: Claims, nowSeconds: number): string[] {
   const issuer = typeof claims.iss === "string" ? policy.issuers.get(claims.iss) : undefined;
-  if (issuer !== undefined) {
-    const audiences =
-      typeof claims.aud === "string" ? [claims.aud] : Array.isArray(claims.aud) ? claims.aud : [];
-    if (!audiences.some((a) => issuer.audiences.includes(String(a)))) {
-      notes.push(
-        `aud ${JSON.stringify(claims.aud ?? null)} is not one of [${issuer.audiences.join(", ")}]: the proxy would answer 401`,
-      );
-    }
-  }
-  if (typeof claims.exp === "number" && claims.exp <= nowSeconds) {
-    notes.push(`expired at ${new Date(claims.exp * 1000).toISOString()}: the proxy would answer 401`);
-  }
-  return notes;
+  if (issuer === undefined) return [];
+  const checked = checkClaims(claims, issuer, nowSeconds);
+  if (checked.ok || UNDESCRIBED.has(checked.reason)) return [];
+  const at = (date: unknown) => (typeof date === "number" ? ` (${new Date(date * 1000).toISOString()})` : "");
+  const what: Record<ClaimFailure, string> = {
+    expired: `exp${at(claims.exp)} has passed`,
+    not_yet_valid: `nbf${at(claims.nbf)} is still to come`,
+    issued_in_future: `iat${at(claims.iat)} is in the future`,
+    too_old: `iat${at(claims.iat)} is older than maxTokenAgeSeconds ${issuer.maxTokenAgeSeconds ?? ""}`,
+    bad_numeric_date: "exp, nbf or iat is not an integer NumericDate",
+    missing_exp: "exp is missing",
+    missing_iat: "iat is missing",
+    bad_audience: "aud is not accepted",
+    missing_sub: "sub is missing",
+  };
+  return [`${what[checked.reason]}: the proxy would answer 401 (${checked.reason})`];
 }
 
 export function explainCommand(args: readonly string[]): number {
@@ -83,12 +90,22 @@ export function explainCommand(args: readonly string[]): number {
     source = `claims from ${values.claims}`;
   } else if (values.token !== undefined) {
     claims = decodeToken(values.token);
-    source = "decoded, NOT verified: signature, audience and expiry are checked only by the proxy";
+    source = "decoded, NOT verified: the signature is checked only by the proxy";
   }
   // The proxy matches the decoded path without its query.
   const requestPath = path.split("?")[0] ?? path;
-  const explanation = decide(policy, { method, path: requestPath, ...(claims ? { claims } : {}) });
-  const notes = claims === undefined ? [] : tokenNotes(policy, claims, Math.floor(Date.now() / 1000));
+  const nowSeconds = Math.floor(Date.now() / 1000);
+  const explanation = decide(policy, {
+    method,
+    path: requestPath,
+    ...(claims ? { claims } : {}),
+    // A token's dates are checked now, as the proxy would; a claims file's are only noted.
+    ...(values.token === undefined ? {} : { nowSeconds }),
+  });
+  const notes =
+    values.claims !== undefined && claims !== undefined && explanation.decision !== "unauthenticated"
+      ? dateNotes(policy, claims, nowSeconds)
+      : [];
   if (values.json === true) {
     console.log(JSON.stringify({ ...explanation, ...(notes.length > 0 ? { notes } : {}) }, null, 2));
     return 0;

@@ -1,6 +1,6 @@
 // `portcullis test <policy> <cases.yaml>`: table-driven policy tests for CI and pre-merge checks. Each
 // case is a request (method, path, and a token's claims or none) and the decision expected of it; the
-// decision comes from policy/decision.ts, the proxy's own steps. Exit 0: every case passed; 1: some
+// decision comes from policy/decision.ts, the proxy's own steps, with the token's dates checked now. Exit 0: every case passed; 1: some
 // failed (each shown as expected vs got); 2: the policy or the cases file is unusable.
 
 import { type Static, Type } from "@sinclair/typebox";
@@ -39,7 +39,11 @@ const Case = Type.Object(
     path: Type.String({ pattern: "^/" }),
     /** Claims as the IdP issues them (`iss` included). */
     claims: Type.Optional(Claims),
-    /** Claims without `iss`: the policy's issuer is filled in (it must have exactly one). */
+    /**
+     * Claims a token would carry, where `iss` (the policy's issuer: it must have exactly one), `aud`
+     * (the issuer's first audience), `iat` and `exp` (a token issued now, valid 5 minutes) are filled in
+     * when absent. `sub` is not: a token without one is refused (missing_sub).
+     */
     token: Type.Optional(Claims),
     expect: Expectation,
   },
@@ -68,17 +72,30 @@ function readCases(file: string): Case[] {
   return cases;
 }
 
-function claimsOf(policy: CompiledPolicy, c: Case, file: string, index: number) {
+/** How long a `token` case's token is valid when it gives no exp. */
+const TOKEN_LIFETIME_SECONDS = 300;
+
+function claimsOf(policy: CompiledPolicy, c: Case, file: string, index: number, nowSeconds: number) {
   if (c.claims !== undefined) return c.claims;
   if (c.token === undefined) return undefined;
-  if (c.token.iss !== undefined) return c.token;
-  const issuers = [...policy.issuers.keys()];
-  if (issuers.length !== 1) {
-    throw new InputError(
-      `${file}: cases[${index}].token: the policy has ${issuers.length} issuers; give the token an iss`,
-    );
+  let iss = c.token.iss;
+  if (iss === undefined) {
+    const issuers = [...policy.issuers.keys()];
+    if (issuers.length !== 1) {
+      throw new InputError(
+        `${file}: cases[${index}].token: the policy has ${issuers.length} issuers; give the token an iss`,
+      );
+    }
+    iss = issuers[0];
   }
-  return { ...c.token, iss: issuers[0] };
+  const audience = typeof iss === "string" ? policy.issuers.get(iss)?.audiences[0] : undefined;
+  return {
+    iss,
+    ...(audience === undefined ? {} : { aud: audience }),
+    iat: nowSeconds,
+    exp: nowSeconds + TOKEN_LIFETIME_SECONDS,
+    ...c.token,
+  };
 }
 
 const sameRoles = (a: readonly string[], b: readonly string[]) =>
@@ -122,10 +139,11 @@ export function testCommand(args: readonly string[]): number {
   const policy = readPolicy(policyFile);
   const cases = readCases(casesFile);
   // Every case is read before any runs: a bad case is an input error, not a half-run table.
-  const requests = cases.map((c, i) => ({ c, claims: claimsOf(policy, c, casesFile, i) }));
+  const nowSeconds = Math.floor(Date.now() / 1000);
+  const requests = cases.map((c, i) => ({ c, claims: claimsOf(policy, c, casesFile, i, nowSeconds) }));
   let failed = 0;
   for (const { c, claims } of requests) {
-    const got = decide(policy, { method: c.method, path: c.path, ...(claims ? { claims } : {}) });
+    const got = decide(policy, { method: c.method, path: c.path, ...(claims ? { claims } : {}), nowSeconds });
     const diff = differences(c.expect, got);
     if (diff.length === 0) {
       console.log(`PASS  ${c.name}`);

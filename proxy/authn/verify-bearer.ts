@@ -2,7 +2,7 @@
 // cache, refused-token cache (by SHA-256), one verification in flight per token, untrusted decode to
 // pick the issuer by exact `iss` (an unknown issuer costs no network call), header checks, early
 // refusal of an expired or foreign-audience token, jose's jwtVerify against that issuer's key set,
-// NumericDate checks, identity.
+// the claim checks jose leaves out (policy/claim-checks.ts), identity.
 
 import { hash } from "node:crypto";
 import {
@@ -13,11 +13,16 @@ import {
   type JWTVerifyOptions,
   jwtVerify,
 } from "jose";
+import {
+  audienceMatches,
+  type ClaimFailure,
+  type ClaimIssuer,
+  checkClaims,
+} from "../../policy/claim-checks.ts";
 import type { CompiledPolicy } from "../../policy/compile.ts";
 import { type Identity, identityFromClaims } from "../../policy/identity.ts";
 import { MAX_TOKEN_LENGTH } from "./credential.ts";
 import { type FetchObserver, type KeySetRegistry, KeysUnavailable, type RemoteKeySet } from "./key-set.ts";
-import { checkNumericDates } from "./numeric-date.ts";
 
 export type { Identity };
 
@@ -37,15 +42,7 @@ export type VerificationFailure =
   | "ambiguous_key"
   | "bad_key"
   | "bad_signature"
-  | "expired"
-  | "not_yet_valid"
-  | "bad_audience"
-  | "missing_exp"
-  | "bad_numeric_date"
-  | "missing_sub"
-  | "issued_in_future"
-  | "missing_iat"
-  | "too_old"
+  | ClaimFailure
   | "internal";
 
 export interface BearerVerifier {
@@ -124,8 +121,8 @@ interface IssuerVerification {
   algorithms: ReadonlySet<string>;
   audiences: readonly string[];
   skew: number;
-  /** The issuer's maxTokenAgeSeconds: a token older than this (by its iat) is refused. */
-  maxAge: number | undefined;
+  /** Audiences, skew and maxTokenAgeSeconds, for the claim checks after the signature's. */
+  claims: ClaimIssuer;
   options: JWTVerifyOptions;
 }
 
@@ -166,7 +163,7 @@ export function createBearerVerifier(
       algorithms: new Set(config.algorithms),
       audiences: config.audiences,
       skew: config.clockSkewSeconds,
-      maxAge: config.maxTokenAgeSeconds,
+      claims: config,
       options: {
         issuer: name,
         audience: config.audiences,
@@ -246,18 +243,11 @@ export function createBearerVerifier(
     } catch (error) {
       return fail(failureOf(error));
     }
-    const dates = checkNumericDates(payload);
-    if (!dates.ok) return fail(dates.problem === "missing" ? "missing_exp" : "bad_numeric_date");
-    // RFC 9068 requires sub, and every major IdP sets it (for client credentials too): without one
-    // the app would get roles with no subject.
-    if (typeof payload.sub !== "string" || payload.sub === "") return fail("missing_sub");
-    if (dates.iat !== undefined && dates.iat > nowSeconds + issuer.skew) return fail("issued_in_future");
-    let expiresAt = dates.exp;
-    if (issuer.maxAge !== undefined) {
-      if (dates.iat === undefined) return fail("missing_iat");
-      if (nowSeconds >= dates.iat + issuer.maxAge + issuer.skew) return fail("too_old");
-      expiresAt = Math.min(expiresAt, dates.iat + issuer.maxAge);
-    }
+    // jose checked the signature, audience, exp and nbf; these are the checks it leaves out.
+    const checked = checkClaims(payload, issuer.claims, nowSeconds);
+    if (!checked.ok) return fail(checked.reason);
+    const { dates } = checked;
+    const { expiresAt } = dates;
     const identity = identityFromClaims(payload, issuer.issuer, expiresAt, policy.rolesFor);
     // Cache only what can be tied to one published key: a kid that occurs once in the current set.
     const kid = header.kid;
@@ -326,12 +316,6 @@ export function createBearerVerifier(
       for (const issuer of issuers.values()) options.keySets.release(issuer.keySet);
     },
   };
-}
-
-/** jose's own audience rule: `aud` (a string or an array) names at least one configured audience. */
-function audienceMatches(aud: unknown, audiences: readonly string[]): boolean {
-  if (typeof aud === "string") return audiences.includes(aud);
-  return Array.isArray(aud) && aud.some((value) => typeof value === "string" && audiences.includes(value));
 }
 
 function stillValid(entry: CachedVerification, nowSeconds: number): boolean {

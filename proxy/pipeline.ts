@@ -14,6 +14,7 @@ import type pino from "pino";
 import type { Dispatcher } from "undici";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "../policy/compile.ts";
 import { type Explanation, explain, modeOf } from "../policy/decision.ts";
+import { parseRequestTarget, type RequestTarget } from "../policy/request-target.ts";
 import type { RuleMatch } from "../policy/rule-matcher.ts";
 import type { RateLimit } from "../policy/schema.ts";
 import { writeAccessLine } from "./access-log.ts";
@@ -38,7 +39,6 @@ import {
   type RateLimitSubject,
   type RateLimitVerdict,
 } from "./rate-limit.ts";
-import { parseRequestTarget, type RequestTarget } from "./request-target.ts";
 import type { ProxyRuntime } from "./runtime.ts";
 
 export interface RequestMetrics {

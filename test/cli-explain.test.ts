@@ -166,6 +166,20 @@ describe("portcullis explain", () => {
     });
   });
 
+  it("matches the path decoded as the proxy decodes it", async () => {
+    const { code, stdout } = await portcullis(
+      "explain",
+      policy,
+      "--method",
+      "GET",
+      "--path",
+      "/orders/%37?x=%2F",
+    );
+    expect(code).toBe(0);
+    expect(stdout).toContain("GET /orders/7\n");
+    expect(stdout).toContain("  rule      read-orders (/orders/{order_id:int})");
+  });
+
   it("gives one clear line and exit 2 for bad input", async () => {
     const base = ["explain", policy, "--method", "GET", "--path", "/orders"];
     const expectations: [string[], RegExp][] = [
@@ -176,6 +190,10 @@ describe("portcullis explain", () => {
       [[...base, "--claims", notObject, "--token", "x"], /^give --claims or --token, not both$/],
       [["explain", policy, "--method", "FETCH", "--path", "/"], /^--method: expected one of GET, /],
       [["explain", policy, "--method", "GET", "--path", "orders"], /^--path: must start with "\/"/],
+      [
+        ["explain", policy, "--method", "GET", "--path", "/orders/%2e%2e/internal"],
+        /^--path: the proxy refuses it \(400 bad-request-target\): dot segment in path$/,
+      ],
       [["explain", policy, "--method", "GET"], /^usage: portcullis explain/],
       [["explain", policy, "--methd", "GET"], /^Unknown option '--methd'/],
       [

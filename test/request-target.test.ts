@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { parseRequestTarget } from "../policy/request-target.ts";
 import { compileRules } from "../policy/rule-matcher.ts";
-import { parseRequestTarget } from "../proxy/request-target.ts";
 
 function pathOf(target: string): string {
   const parsed = parseRequestTarget(target);

@@ -7,8 +7,8 @@ import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ensureVenv } from "../examples/fastapi/venv.ts";
+import { parseRequestTarget } from "../policy/request-target.ts";
 import { compileRules } from "../policy/rule-matcher.ts";
-import { parseRequestTarget } from "../proxy/request-target.ts";
 
 interface Owner {
   index: number | null;

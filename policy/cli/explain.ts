@@ -7,6 +7,7 @@ import { decodeJwt } from "jose";
 import { type ClaimFailure, checkClaims } from "../claim-checks.ts";
 import type { CompiledPolicy } from "../compile.ts";
 import { decide, type Explanation, type Requirement } from "../decision.ts";
+import { parseRequestTarget } from "../request-target.ts";
 import type { Claims } from "../roles.ts";
 import { METHODS } from "../schema.ts";
 import { InputError, isRecord, parseCommandLine, readJson, readPolicy } from "./input.ts";
@@ -77,6 +78,12 @@ export function explainCommand(args: readonly string[]): number {
     throw new InputError(`--method: expected one of ${METHODS.join(", ")}, got ${JSON.stringify(method)}`);
   }
   if (!path.startsWith("/")) throw new InputError(`--path: must start with "/", got ${JSON.stringify(path)}`);
+  // The proxy matches the path decoded as uvicorn decodes it, without its query; it refuses (400) a
+  // target whose bytes could mean different paths to different parsers.
+  const target = parseRequestTarget(path);
+  if (!target.ok) {
+    throw new InputError(`--path: the proxy refuses it (400 bad-request-target): ${target.reason}`);
+  }
   if (values.claims !== undefined && values.token !== undefined) {
     throw new InputError("give --claims or --token, not both");
   }
@@ -92,8 +99,7 @@ export function explainCommand(args: readonly string[]): number {
     claims = decodeToken(values.token);
     source = "decoded, NOT verified: the signature is checked only by the proxy";
   }
-  // The proxy matches the decoded path without its query.
-  const requestPath = path.split("?")[0] ?? path;
+  const requestPath = target.path;
   const nowSeconds = Math.floor(Date.now() / 1000);
   const explanation = decide(policy, {
     method,

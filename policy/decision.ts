@@ -3,12 +3,11 @@
 // `portcullis test` run `decide` on a method, a path and claims. Both go through the same steps the
 // proxy takes (proxy/pipeline.ts admit): match the rule (rule-matcher.ts), public and deny rules
 // before any token, then the token's issuer, the claim checks that need no key (claim-checks.ts: the
-// proxy's own), its roles (roles.ts via identity.ts), and authorize (compile.ts). Only the signature
+// proxy's own), its roles (the policy's role mapping, roles.ts), and authorize (compile.ts). Only the signature
 // is the proxy's alone.
 
 import { checkClaims } from "./claim-checks.ts";
 import { type Authorization, authorize, type CompiledPolicy, type CompiledRule } from "./compile.ts";
-import { identityFromClaims } from "./identity.ts";
 import type { Claims } from "./roles.ts";
 import type { RuleMatch } from "./rule-matcher.ts";
 import type { Mode } from "./schema.ts";
@@ -104,11 +103,14 @@ export function explain(policy: CompiledPolicy, facts: DecisionFacts): Explanati
     reason: facts.reason,
     why: "",
   };
-  if (facts.roles !== undefined) {
-    explanation.roles = facts.roles;
-    const needed = "anyRole" in requires ? requires.anyRole : "allRoles" in requires ? requires.allRoles : [];
-    const roles = facts.roles;
-    if (facts.reason === "missing-roles") explanation.missing = needed.filter((r) => !roles.includes(r));
+  const roles = facts.roles;
+  if (roles !== undefined) {
+    explanation.roles = roles;
+    if (facts.reason === "missing-roles") {
+      const needed =
+        "anyRole" in requires ? requires.anyRole : "allRoles" in requires ? requires.allRoles : [];
+      explanation.missing = needed.filter((r) => !roles.includes(r));
+    }
   }
   explanation.why = sentence(facts, explanation);
   return explanation;
@@ -177,12 +179,12 @@ export function decide(policy: CompiledPolicy, request: DecisionRequest): Explan
   if (!checked.ok) {
     return explain(policy, { ...facts, decision: "unauthenticated", reason: checked.reason });
   }
-  const identity = identityFromClaims({ ...request.claims }, issuer, 0, policy.rolesFor);
-  const authorization: Authorization = authorize(rule, policy.defaultAction, identity.roles);
+  const roles = policy.rolesFor(request.claims, issuer);
+  const authorization: Authorization = authorize(rule, policy.defaultAction, roles);
   return explain(policy, {
     ...facts,
     decision: authorization.allow ? "allow" : "deny",
     reason: authorization.reason,
-    roles: identity.roles,
+    roles,
   });
 }

@@ -1,6 +1,6 @@
 // A token's claims -> the identity the proxy admits and hands the app: subject, client, scopes and the
-// roles the policy maps them to. Pure: the proxy calls it on verified payloads, `portcullis explain`
-// and `portcullis test` on claims they were given.
+// roles the policy maps them to. Pure: the proxy calls it on verified payloads (decision.ts needs only
+// the roles, and asks the policy's role mapping for them).
 
 import { type Claims, claimValues, type RoleMapper } from "./roles.ts";
 

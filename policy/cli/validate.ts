@@ -1,20 +1,20 @@
 // `portcullis validate <file>...`: exit 0 when every file is valid (warnings printed), 1 when any has
 // an error (all of them listed).
 
-import { readFileSync } from "node:fs";
 import { formatProblem, hasErrors } from "../problems.ts";
 import { validatePolicyText } from "../validate.ts";
-import { InputError } from "./input.ts";
+import { InputError, readText } from "./input.ts";
 
 export const VALIDATE_USAGE = "usage: portcullis validate <policy.yaml>...";
 
 function validateFile(file: string): boolean {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readText(file);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    console.error(`${file}: cannot read: ${code === "ENOENT" ? "no such file" : (code ?? String(e))}`);
+    // One unreadable file is a failure of that file; the others are still validated.
+    if (!(e instanceof InputError)) throw e;
+    console.error(e.message);
     return false;
   }
   const { problems } = validatePolicyText(text, Date.now());

@@ -57,7 +57,7 @@ export interface DecisionRequest {
   nowSeconds?: number;
 }
 
-export function requirementOf(rule: CompiledRule | undefined, policy: CompiledPolicy): Requirement {
+function requirementOf(rule: CompiledRule | undefined, policy: CompiledPolicy): Requirement {
   if (rule === undefined) return { defaultAction: policy.defaultAction };
   const { action } = rule;
   switch (action.kind) {

@@ -29,7 +29,7 @@ export function coverageCommand(args: readonly string[]): number {
   const coverage = checkCoverage(policy, routes);
 
   console.log(
-    `${policyFile} against ${values.openapi}: ${routes.length} paths, ${coverage.operations} operations`,
+    `${policyFile} against ${values.openapi}: ${routes.length} paths, ${coverage.decidedBy.length} operations`,
   );
   for (const { method, path, rule } of coverage.decidedBy) {
     console.log(

@@ -3,16 +3,9 @@
 // --strict, on any finding); rule paths matching no route and method differences are warnings.
 
 import { checkCoverage } from "../coverage.ts";
-import { readOpenApi } from "../openapi.ts";
-import { InputError, parseCommandLine, readJson, readPolicy } from "./input.ts";
+import { InputError, parseCommandLine, readPolicy, readRoutes } from "./input.ts";
 
 export const COVERAGE_USAGE = "usage: portcullis coverage <policy.yaml> --openapi openapi.json [--strict]";
-
-export function readRoutes(file: string) {
-  const read = readOpenApi(readJson(file));
-  if (!read.ok) throw new InputError(`${file}: ${read.message}`);
-  return read.routes;
-}
 
 export function coverageCommand(args: readonly string[]): number {
   const { values, positionals } = parseCommandLine(

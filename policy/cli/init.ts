@@ -8,8 +8,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { Document, isMap, isSeq } from "yaml";
 import type { OpenApiRoute } from "../openapi.ts";
 import { API_VERSION, KIND, MODES, type Mode } from "../schema.ts";
-import { readRoutes } from "./coverage.ts";
-import { InputError, parseCommandLine } from "./input.ts";
+import { InputError, parseCommandLine, readRoutes } from "./input.ts";
 
 export const INIT_USAGE =
   "usage: portcullis init --openapi openapi.json [--name NAME] [--issuer URL] [--audience AUD] [--mode Enforce|DryRun] [--output FILE]";
@@ -61,10 +60,9 @@ export function starterRules(routes: readonly OpenApiRoute[]): StarterRule[] {
 }
 
 export function starterPolicy(
-  routes: readonly OpenApiRoute[],
+  rules: readonly StarterRule[],
   options: { name: string; issuer: string; audience: string; mode: Mode; source: string },
 ): string {
-  const rules = starterRules(routes);
   const doc = new Document({
     apiVersion: API_VERSION,
     kind: KIND,
@@ -124,7 +122,8 @@ export function initCommand(args: readonly string[]): number {
     );
   }
   const routes = readRoutes(values.openapi);
-  const text = starterPolicy(routes, {
+  const rules = starterRules(routes);
+  const text = starterPolicy(rules, {
     name: values.name,
     issuer: values.issuer,
     audience: values.audience ?? `api://${values.name}`,
@@ -137,6 +136,6 @@ export function initCommand(args: readonly string[]): number {
   }
   if (existsSync(values.output)) throw new InputError(`${values.output}: exists; not overwritten`);
   writeFileSync(values.output, text);
-  console.error(`wrote ${values.output}: ${starterRules(routes).length} rules for ${routes.length} paths`);
+  console.error(`wrote ${values.output}: ${rules.length} rules for ${routes.length} paths`);
   return 0;
 }

@@ -6,6 +6,7 @@ import { parseArgs } from "node:util";
 import { parseDocument } from "yaml";
 import { type CompiledPolicy, compilePolicy } from "../compile.ts";
 import { MAX_POLICY_BYTES } from "../document.ts";
+import { type OpenApiRoute, readOpenApi } from "../openapi.ts";
 import { formatProblem } from "../problems.ts";
 import { validatePolicyText } from "../validate.ts";
 
@@ -52,6 +53,13 @@ export function readYaml(file: string): unknown {
     throw new InputError(`${file}: not valid YAML: ${first.message.split("\n")[0] ?? ""}`);
   }
   return doc.toJS({ maxAliasCount: 50 }) as unknown;
+}
+
+/** The routes of an OpenAPI document (`coverage` and `init`). */
+export function readRoutes(file: string): OpenApiRoute[] {
+  const read = readOpenApi(readJson(file));
+  if (!read.ok) throw new InputError(`${file}: ${read.message}`);
+  return read.routes;
 }
 
 /** A policy that passes `portcullis validate`, compiled as the proxy compiles it. */

@@ -1,6 +1,6 @@
 // The claim checks of a bearer token that need no key: audience, subject and the NumericDates against
-// a clock with the issuer's skew. The proxy runs them on every token (proxy/authn/verify-bearer.ts,
-// after jose's signature check); `portcullis explain` and `portcullis test` run them on the claims
+// a clock with the issuer's skew. The proxy runs them on every token before its signature check
+// (proxy/authn/verify-bearer.ts); `portcullis explain` and `portcullis test` run them on the claims
 // they were given, so the CLI refuses what the proxy refuses, with the proxy's reason codes.
 
 import { checkNumericDates } from "./numeric-date.ts";
@@ -40,7 +40,7 @@ export function audienceMatches(aud: unknown, audiences: readonly string[]): boo
 }
 
 /**
- * The checks in the proxy's order: expiry and audience (refused before the signature), then jose's
+ * The checks in the proxy's order (all before the signature): expiry and audience, then jose's
  * claim checks, then the NumericDate ranges, `sub`, `iat` and the token's age. `nowSeconds` undefined:
  * the claims describe a token at no point in time, and only audience and `sub` are checked.
  */

@@ -76,6 +76,16 @@ describe("refused tokens", () => {
     expect(lookups.count() - before).toBe(2);
   });
 
+  it("refuses by its claims alone, before any signature check, a token no IdP issues", async () => {
+    const nowSeconds = Math.floor(nowMs / 1000);
+    const before = lookups.count();
+    const noSubject = await sign(idpKey(idp), goodClaims(idp, { sub: undefined, iat: nowSeconds }));
+    expect(await reasonOf(verifier, noSubject)).toBe("missing_sub");
+    const fromTheFuture = await sign(idpKey(idp), goodClaims(idp, { iat: nowSeconds + 3600 }));
+    expect(await reasonOf(verifier, fromTheFuture)).toBe("issued_in_future");
+    expect(lookups.count() - before).toBe(0);
+  });
+
   it("keeps refusing an expired token from memory, without decoding it again", async () => {
     const exp = Math.floor(nowMs / 1000) - 120;
     const token = await sign(idpKey(idp), goodClaims(idp, { iat: exp - 300, exp }));

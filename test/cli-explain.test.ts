@@ -32,6 +32,11 @@ async function unverifiableToken(claims: Record<string, unknown>): Promise<strin
   return new SignJWT(claims).setProtectedHeader({ alg: "ES256", kid: "nobody" }).sign(privateKey);
 }
 
+/** `portcullis explain <example policy> --method GET --path <path> ...rest`. */
+function explainGet(path: string, ...rest: string[]) {
+  return portcullis("explain", policy, "--method", "GET", "--path", path, ...rest);
+}
+
 describe("portcullis explain", () => {
   it("names the rule, the roles, the missing role and the decision from a claims file", async () => {
     const { code, stdout } = await portcullis(
@@ -68,16 +73,7 @@ describe("portcullis explain", () => {
       scope: "orders.read",
       exp: 1_000_000_000,
     });
-    const { code, stdout } = await portcullis(
-      "explain",
-      policy,
-      "--method",
-      "GET",
-      "--path",
-      "/orders?page=2",
-      "--token",
-      token,
-    );
+    const { code, stdout } = await explainGet("/orders?page=2", "--token", token);
     expect(code).toBe(0);
     expect(stdout).toContain("GET /orders\n");
     expect(stdout).toContain("  token     decoded, NOT verified: the signature is checked only by the proxy");
@@ -93,17 +89,7 @@ describe("portcullis explain", () => {
       exp: Math.floor(Date.now() / 1000) + 600,
     };
     const explainToken = async (claims: Record<string, unknown>) =>
-      portcullis(
-        "explain",
-        policy,
-        "--method",
-        "GET",
-        "--path",
-        "/orders",
-        "--token",
-        await unverifiableToken(claims),
-        "--json",
-      );
+      explainGet("/orders", "--token", await unverifiableToken(claims), "--json");
     const foreign = await explainToken({ ...valid, sub: "alice", aud: ["api://other", 7] });
     expect(JSON.parse(foreign.stdout)).toMatchObject({
       decision: "unauthenticated",
@@ -133,16 +119,7 @@ describe("portcullis explain", () => {
         exp: 1_000_000_000,
       }),
     );
-    const { code, stdout } = await portcullis(
-      "explain",
-      policy,
-      "--method",
-      "GET",
-      "--path",
-      "/orders",
-      "--claims",
-      expired,
-    );
+    const { code, stdout } = await explainGet("/orders", "--claims", expired);
     expect(code).toBe(0);
     expect(stdout).toContain("  decision  allow (forwarded)");
     expect(stdout).toContain(
@@ -151,10 +128,10 @@ describe("portcullis explain", () => {
   });
 
   it("explains a request without a token, and prints the same explanation as JSON", async () => {
-    const text = await portcullis("explain", policy, "--method", "GET", "--path", "/reports");
+    const text = await explainGet("/reports");
     expect(text.stdout).toContain("  rule      none matches");
     expect(text.stdout).toContain("  decision  unauthenticated (401, no-credential)");
-    const json = await portcullis("explain", policy, "--method", "GET", "--path", "/reports", "--json");
+    const json = await explainGet("/reports", "--json");
     expect(json.code).toBe(0);
     expect(JSON.parse(json.stdout)).toEqual({
       requires: { defaultAction: "Deny" },
@@ -167,14 +144,7 @@ describe("portcullis explain", () => {
   });
 
   it("matches the path decoded as the proxy decodes it", async () => {
-    const { code, stdout } = await portcullis(
-      "explain",
-      policy,
-      "--method",
-      "GET",
-      "--path",
-      "/orders/%37?x=%2F",
-    );
+    const { code, stdout } = await explainGet("/orders/%37?x=%2F");
     expect(code).toBe(0);
     expect(stdout).toContain("GET /orders/7\n");
     expect(stdout).toContain("  rule      read-orders (/orders/{order_id:int})");
